@@ -1,0 +1,116 @@
+"""Audio in: decode, down-mix, resample to 16 kHz; and Whisper's log-mel front-end in JAX.
+
+`log_mel` reproduces `transformers.WhisperFeatureExtractor`: the *audio* is zero-padded (or cut)
+to 30 s, a centred, reflect-padded 400-point periodic-Hann STFT with hop 160 gives a power
+spectrogram, a Slaney mel bank maps it to 80 or 128 bins, then log10 with a 1e-10 floor, the
+last frame dropped, a per-clip floor of max - 8 and `(x + 4) / 4`. It runs batched under
+`jax.jit`, on whatever device JAX uses.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_distil.errors import FlaxDistilError
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_SECONDS = 30
+N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480,000 samples: one Whisper window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3,000 log-mel frames
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Reads any file libsndfile decodes (WAV, FLAC, OGG, MP3) as mono float32 at `sample_rate`."""
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FlaxDistilError(f"{path}: no such audio file")
+    try:
+        samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:  # LibsndfileError, RuntimeError, or a decoder's own error
+        reason = str(error).split(":")[-1].strip() or type(error).__name__
+        raise FlaxDistilError(f"{path}: cannot decode audio ({reason})") from error
+    return prepare_audio(samples, file_rate, sample_rate, source=str(path))
+
+
+def prepare_audio(
+    samples: np.ndarray, file_rate: int, sample_rate: int = SAMPLE_RATE, source: str = "audio"
+) -> np.ndarray:
+    """Validates decoded samples [time] or [time, channels]; returns mono float32 at sample_rate."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)  # down-mix
+    if samples.ndim != 1:
+        raise FlaxDistilError(f"{source}: expected 1-D or [time, channels] audio")
+    if samples.size == 0:
+        raise FlaxDistilError(f"{source}: audio is empty (0 samples)")
+    if not np.all(np.isfinite(samples)):
+        raise FlaxDistilError(f"{source}: audio contains NaN or infinite samples")
+    if file_rate != sample_rate:
+        import soxr
+
+        samples = soxr.resample(samples, file_rate, sample_rate).astype(np.float32)
+    return samples
+
+
+def pad_or_trim(samples: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
+    """Zero-pads or cuts 1-D audio to `length` samples, as the feature extractor does."""
+    if samples.shape[-1] >= length:
+        return samples[..., :length]
+    return np.pad(samples, [(0, 0)] * (samples.ndim - 1) + [(0, length - samples.shape[-1])])
+
+
+def batch_audio(clips: list[np.ndarray], length: int = N_SAMPLES) -> np.ndarray:
+    """Stacks clips into a [batch, length] float32 array of 30 s windows."""
+    return np.stack([pad_or_trim(np.asarray(c, np.float32), length) for c in clips])
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filters(num_mel_bins: int) -> np.ndarray:
+    """Slaney-normalised mel bank [n_fft // 2 + 1, num_mel_bins], as Whisper uses."""
+    from transformers.audio_utils import mel_filter_bank
+
+    return mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=num_mel_bins,
+        min_frequency=0.0,
+        max_frequency=SAMPLE_RATE / 2,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    ).astype(np.float32)
+
+
+def _frame_indices(num_samples: int) -> np.ndarray:
+    num_frames = 1 + num_samples // HOP_LENGTH  # after centring with n_fft // 2 on each side
+    return np.arange(num_frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
+
+
+@functools.partial(jax.jit, static_argnames=("num_mel_bins",))
+def log_mel(audio: jax.Array, num_mel_bins: int = 80) -> jax.Array:
+    """Log-mel features [batch, num_mel_bins, frames] of 16 kHz audio [batch, samples].
+
+    Pass audio already padded to 30 s (`batch_audio`) to get Whisper's 3,000 frames.
+    """
+    audio = jnp.asarray(audio, jnp.float32)
+    padded = jnp.pad(audio, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
+    frames = padded[:, _frame_indices(audio.shape[-1])]  # [batch, frames, n_fft]
+    window = jnp.asarray(np.hanning(N_FFT + 1)[:-1], jnp.float32)  # periodic Hann
+    power = jnp.abs(jnp.fft.rfft(frames * window, axis=-1)) ** 2
+    mel = jnp.matmul(power, mel_filters(num_mel_bins), precision=jax.lax.Precision.HIGHEST)
+    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))[:, :-1]  # drop the last frame
+    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
+    return jnp.swapaxes((log_spec + 4.0) / 4.0, 1, 2)
+
+
+def features_from_files(paths, num_mel_bins: int = 80) -> np.ndarray:
+    """Convenience: load files, pad to 30 s and compute log-mel [batch, bins, 3000]."""
+    return np.asarray(log_mel(batch_audio([load_audio(p) for p in paths]), num_mel_bins))

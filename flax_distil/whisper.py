@@ -1,0 +1,340 @@
+"""Whisper encoder-decoder in Flax NNX, for every Whisper size.
+
+The module tree mirrors Hugging Face's `WhisperForConditionalGeneration` attribute names
+(`encoder.layers[i].self_attn.q_proj`, ...), so checkpoint conversion is a rename plus a
+transpose (see `flax_distil.interop.hf`). Incremental decoding uses an explicit cache pytree
+(`DecoderCache`) that the caller passes in and gets back, so decoding loops stay pure and
+jit-friendly. Nothing here knows about teachers, data or training.
+
+    model = Whisper(config, rngs=nnx.Rngs(0))
+    encoder_out = model.encode(features)                  # [B, 1500, D]
+    logits = model.decode(tokens, encoder_out)            # teacher-forced, [B, T, V]
+    cache = model.init_cache(encoder_out, max_length=448)
+    logits, cache = model.decode_step(tokens, cache, start)  # incremental
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from flax_distil.errors import FlaxDistilError
+
+ACTIVATION = "gelu"  # every released Whisper uses exact (erf) GELU
+LAYER_NORM_EPS = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class WhisperConfig:
+    """Architecture of a Whisper model; field names follow `transformers.WhisperConfig`."""
+
+    vocab_size: int = 51865
+    num_mel_bins: int = 80
+    d_model: int = 384
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 6
+    encoder_ffn_dim: int = 1536
+    decoder_layers: int = 4
+    decoder_attention_heads: int = 6
+    decoder_ffn_dim: int = 1536
+    max_source_positions: int = 1500
+    max_target_positions: int = 448
+    scale_embedding: bool = False
+    pad_token_id: int = 50257
+    bos_token_id: int = 50257
+    eos_token_id: int = 50257
+    decoder_start_token_id: int = 50258
+
+    def __post_init__(self):
+        for heads_field in ("encoder_attention_heads", "decoder_attention_heads"):
+            heads = getattr(self, heads_field)
+            if heads <= 0 or self.d_model % heads:
+                raise FlaxDistilError(
+                    f"d_model={self.d_model} is not divisible by {heads_field}={heads}"
+                )
+        for name in ("encoder_layers", "decoder_layers", "vocab_size", "num_mel_bins"):
+            if getattr(self, name) <= 0:
+                raise FlaxDistilError(f"WhisperConfig.{name} must be positive")
+
+    @property
+    def num_frames(self) -> int:
+        """Log-mel frames the encoder expects (two per encoder position)."""
+        return 2 * self.max_source_positions
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.vocab_size >= 51865
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json") -> WhisperConfig:
+        """Builds the config from a Hugging Face `config.json` dict, rejecting non-Whisper ones."""
+        if hf.get("model_type") != "whisper":
+            raise FlaxDistilError(
+                f"{source}: model_type is {hf.get('model_type')!r}, not 'whisper'; "
+                "point at a Whisper checkpoint"
+            )
+        activation = hf.get("activation_function", ACTIVATION)
+        if activation != ACTIVATION:
+            raise FlaxDistilError(f"{source}: activation_function {activation!r} is not supported")
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: hf[name] for name in names if hf.get(name) is not None})
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The fields a Hugging Face `config.json` needs to rebuild this architecture."""
+        return {
+            **dataclasses.asdict(self),
+            "model_type": "whisper",
+            "architectures": ["WhisperForConditionalGeneration"],
+            "activation_function": ACTIVATION,
+            "num_hidden_layers": self.encoder_layers,
+            "tie_word_embeddings": True,
+        }
+
+
+class LayerCache(NamedTuple):
+    """Keys and values of one decoder layer, `[B, L, H, Dh]` (self) and `[B, S, H, Dh]` (cross)."""
+
+    self_k: jax.Array
+    self_v: jax.Array
+    cross_k: jax.Array
+    cross_v: jax.Array
+
+
+DecoderCache = tuple[LayerCache, ...]
+
+
+def sinusoids(length: int, channels: int) -> np.ndarray:
+    """Whisper's fixed encoder position table: sin in the first half, cos in the second."""
+    log_timescale_increment = math.log(10000) / (channels // 2 - 1)
+    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2))
+    scaled_time = np.arange(length)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
+
+
+def _attend(q, k, v, mask):
+    """Scaled dot-product attention; q [B,T,H,D], k/v [B,S,H,D], mask [B,T,S] or None."""
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, v)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with Whisper's layout: no bias on the key projection."""
+
+    def __init__(self, d_model: int, num_heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        linear = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = nnx.Linear(d_model, d_model, **linear)
+        self.k_proj = nnx.Linear(d_model, d_model, use_bias=False, **linear)
+        self.v_proj = nnx.Linear(d_model, d_model, **linear)
+        self.out_proj = nnx.Linear(d_model, d_model, **linear)
+
+    def split_heads(self, x):
+        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+
+    def key_value(self, x):
+        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+
+    def __call__(self, x, k, v, mask):
+        out = _attend(self.split_heads(self.q_proj(x)), k, v, mask)
+        return self.out_proj(out.reshape(*out.shape[:-2], -1))
+
+
+def _feed_forward(layer, x):
+    return layer.fc2(jax.nn.gelu(layer.fc1(x), approximate=False))
+
+
+def _layer_norm(d_model, dtype, param_dtype, rngs):
+    return nnx.LayerNorm(
+        d_model, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d = config.d_model
+        self.self_attn_layer_norm = _layer_norm(d, **kw)
+        self.self_attn = Attention(d, config.encoder_attention_heads, **kw)
+        self.final_layer_norm = _layer_norm(d, **kw)
+        self.fc1 = nnx.Linear(d, config.encoder_ffn_dim, **kw)
+        self.fc2 = nnx.Linear(config.encoder_ffn_dim, d, **kw)
+
+    def __call__(self, x):
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.key_value(h)
+        x = x + self.self_attn(h, k, v, mask=None)
+        return x + _feed_forward(self, self.final_layer_norm(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d = config.d_model
+        self.self_attn_layer_norm = _layer_norm(d, **kw)
+        self.self_attn = Attention(d, config.decoder_attention_heads, **kw)
+        self.encoder_attn_layer_norm = _layer_norm(d, **kw)
+        self.encoder_attn = Attention(d, config.decoder_attention_heads, **kw)
+        self.final_layer_norm = _layer_norm(d, **kw)
+        self.fc1 = nnx.Linear(d, config.decoder_ffn_dim, **kw)
+        self.fc2 = nnx.Linear(config.decoder_ffn_dim, d, **kw)
+
+    def __call__(self, x, layer_cache: LayerCache, start, mask):
+        """One layer over tokens written at `start` per row; returns output and updated cache."""
+        h = self.self_attn_layer_norm(x)
+        new_k, new_v = self.self_attn.key_value(h)
+        self_k = _write_rows(layer_cache.self_k, new_k, start)
+        self_v = _write_rows(layer_cache.self_v, new_v, start)
+        x = x + self.self_attn(h, self_k, self_v, mask)
+        h = self.encoder_attn_layer_norm(x)
+        x = x + self.encoder_attn(h, layer_cache.cross_k, layer_cache.cross_v, mask=None)
+        x = x + _feed_forward(self, self.final_layer_norm(x))
+        return x, layer_cache._replace(self_k=self_k, self_v=self_v)
+
+
+def _write_rows(buffer, update, start):
+    """Writes update [B,T,...] into buffer [B,L,...] at a per-row offset start [B]."""
+
+    def write_row(row_buffer, row_update, row_start):
+        offsets = (row_start,) + (0,) * (row_buffer.ndim - 1)
+        return jax.lax.dynamic_update_slice(
+            row_buffer, row_update.astype(row_buffer.dtype), offsets
+        )
+
+    return jax.vmap(write_row)(buffer, update, start)
+
+
+def _maybe_remat(fn, enabled: bool):
+    return nnx.remat(fn) if enabled else fn
+
+
+class Encoder(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, dtype, param_dtype, remat, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d = config.d_model
+        self.config = config
+        self.remat = remat
+        self.dtype = dtype
+        self.conv1 = nnx.Conv(config.num_mel_bins, d, kernel_size=(3,), padding=((1, 1),), **kw)
+        self.conv2 = nnx.Conv(d, d, kernel_size=(3,), strides=(2,), padding=((1, 1),), **kw)
+        self.embed_positions = nnx.Param(
+            jnp.asarray(sinusoids(config.max_source_positions, d), dtype=param_dtype)
+        )
+        self.layers = nnx.List([EncoderLayer(config, **kw) for _ in range(config.encoder_layers)])
+        self.layer_norm = _layer_norm(d, **kw)
+
+    def __call__(self, features):
+        """features: log-mel [B, num_mel_bins, num_frames] (Hugging Face layout)."""
+        expected = (self.config.num_mel_bins, self.config.num_frames)
+        if features.ndim != 3 or tuple(features.shape[1:]) != expected:
+            raise FlaxDistilError(
+                f"encoder input has shape {tuple(features.shape)}; expected [batch, {expected[0]}, "
+                f"{expected[1]}] log-mel features (30 s padded audio)"
+            )
+        x = jnp.swapaxes(features, 1, 2).astype(self.dtype)
+        x = jax.nn.gelu(self.conv1(x), approximate=False)
+        x = jax.nn.gelu(self.conv2(x), approximate=False)
+        x = x + self.embed_positions[...].astype(x.dtype)
+        run_layer = _maybe_remat(lambda layer, h: layer(h), self.remat)
+        for layer in self.layers:
+            x = run_layer(layer, x)
+        return self.layer_norm(x)
+
+
+class Decoder(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, dtype, param_dtype, remat, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d = config.d_model
+        self.config = config
+        self.remat = remat
+        self.dtype = dtype
+        self.embed_tokens = nnx.Embed(config.vocab_size, d, **kw)
+        self.embed_positions = nnx.Param(
+            jax.random.normal(rngs.params(), (config.max_target_positions, d), param_dtype) * 0.02
+        )
+        self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.decoder_layers)])
+        self.layer_norm = _layer_norm(d, **kw)
+
+    def cross_cache(self, encoder_out, max_length: int) -> DecoderCache:
+        """Projects encoder output to each layer's cross keys/values; empty self-attn buffers."""
+        batch = encoder_out.shape[0]
+        heads = self.config.decoder_attention_heads
+        shape = (batch, max_length, heads, self.config.d_model // heads)
+        dtype = self.dtype or encoder_out.dtype
+        caches = []
+        for layer in self.layers:
+            cross_k, cross_v = layer.encoder_attn.key_value(encoder_out)
+            caches.append(
+                LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), cross_k, cross_v)
+            )
+        return tuple(caches)
+
+    def __call__(self, tokens, cache: DecoderCache, start):
+        """Logits for tokens [B,T] placed at positions start[b] + t; returns (logits, cache)."""
+        positions = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
+        scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
+        x = self.embed_tokens(tokens) * scale
+        x = x + jnp.take(self.embed_positions[...], positions, axis=0).astype(x.dtype)
+        key_positions = jnp.arange(cache[0].self_k.shape[1])
+        mask = key_positions[None, None, :] <= positions[:, :, None]  # causal over absolute slots
+        run_layer = _maybe_remat(lambda layer, h, c: layer(h, c, start, mask), self.remat)
+        new_cache = []
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
+            x, layer_cache = run_layer(layer, x, layer_cache)
+            new_cache.append(layer_cache)
+        x = self.layer_norm(x)
+        logits = self.embed_tokens.attend(x)  # output projection is tied to the embedding
+        return logits.astype(jnp.float32), tuple(new_cache)
+
+
+class Whisper(nnx.Module):
+    """Whisper encoder-decoder; `dtype` is the compute dtype, `param_dtype` the storage dtype."""
+
+    def __init__(
+        self,
+        config: WhisperConfig,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+        self.config = config
+        self.encoder = Encoder(config, **kw)
+        self.decoder = Decoder(config, **kw)
+
+    def encode(self, features):
+        return self.encoder(features)
+
+    def init_cache(self, encoder_out, max_length: int | None = None) -> DecoderCache:
+        max_length = max_length or self.config.max_target_positions
+        if max_length > self.config.max_target_positions:
+            raise FlaxDistilError(
+                f"max_length {max_length} exceeds the decoder's "
+                f"{self.config.max_target_positions} positions"
+            )
+        return self.decoder.cross_cache(encoder_out, max_length)
+
+    def decode_step(self, tokens, cache: DecoderCache, start):
+        """Incremental decoding: tokens [B,T] at per-row offsets start [B]."""
+        return self.decoder(tokens, cache, jnp.asarray(start, jnp.int32))
+
+    def decode(self, tokens, encoder_out):
+        """Teacher-forced logits [B,T,V] for tokens [B,T] starting at position 0."""
+        cache = self.init_cache(encoder_out, tokens.shape[1])
+        start = jnp.zeros((tokens.shape[0],), jnp.int32)
+        logits, _ = self.decoder(tokens, cache, start)
+        return logits
+
+    def __call__(self, features, tokens):
+        return self.decode(tokens, self.encode(features))

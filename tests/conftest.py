@@ -1,0 +1,99 @@
+"""Shared fixtures: the real clips in ../shared/audio, tiny configs, and the PyTorch oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flax_distil.whisper import WhisperConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FLAX_DISTIL_SHARED", REPO.parent / "shared"))
+AUDIO_DIR = SHARED / "audio"
+REFERENCE_SCRIPT = Path(__file__).parent / "reference" / "torch_whisper.py"
+
+TINY_CONFIG = WhisperConfig(
+    vocab_size=120,
+    num_mel_bins=80,
+    d_model=64,
+    encoder_layers=2,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_layers=2,
+    decoder_attention_heads=4,
+    decoder_ffn_dim=128,
+    max_source_positions=1500,
+    max_target_positions=64,
+    pad_token_id=0,
+    bos_token_id=0,
+    eos_token_id=0,
+    decoder_start_token_id=1,
+)
+# whisper-tiny's shapes (multilingual vocabulary), random weights.
+TINY_SHAPED_CONFIG = WhisperConfig(
+    vocab_size=51865,
+    d_model=384,
+    encoder_layers=4,
+    encoder_attention_heads=6,
+    encoder_ffn_dim=1536,
+    decoder_layers=4,
+    decoder_attention_heads=6,
+    decoder_ffn_dim=1536,
+)
+
+
+def audio_files() -> list[Path]:
+    files = sorted(p for p in AUDIO_DIR.glob("*") if p.suffix in (".wav", ".flac"))
+    if not files:
+        pytest.fail(f"no real clips in {AUDIO_DIR}; set FLAX_DISTIL_SHARED to the shared/ folder")
+    return files
+
+
+def reference_transcripts() -> dict[str, str]:
+    data = json.loads((AUDIO_DIR / "transcripts.json").read_text())
+    return {name: entry["reference"] for name, entry in data.items()}
+
+
+def reference_python() -> str:
+    python = os.environ.get("FLAX_DISTIL_REFERENCE_PYTHON", str(REPO / ".venv-ref/bin/python"))
+    if not Path(python).exists():
+        pytest.fail(
+            f"PyTorch reference environment not found at {python}: create it with "
+            "'bash run_scripts/setup_env.sh' (or set FLAX_DISTIL_REFERENCE_PYTHON)"
+        )
+    return python
+
+
+def run_torch_reference(*args: str | Path) -> None:
+    """Runs tests/reference/torch_whisper.py in the PyTorch reference environment."""
+    command = [reference_python(), str(REFERENCE_SCRIPT), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode:
+        pytest.fail(f"torch reference failed:\n{result.stderr[-3000:]}")
+
+
+def torch_forward(model_dir: Path, features: np.ndarray, tokens: np.ndarray, tmp_path: Path):
+    """(encoder_out, logits, loading_info) from transformers PyTorch on the same inputs."""
+    inputs, outputs = tmp_path / "inputs.npz", tmp_path / "outputs.npz"
+    np.savez(inputs, features=features.astype(np.float32), tokens=tokens.astype(np.int64))
+    run_torch_reference("forward", model_dir, inputs, outputs)
+    result = np.load(outputs)
+    return result["encoder_out"], result["logits"], json.loads(str(result["loading_info"]))
+
+
+def random_hf_model(config: WhisperConfig, seed: int, out_dir: Path) -> Path:
+    """A random transformers PyTorch Whisper saved as a Hugging Face directory."""
+    run_torch_reference("random", json.dumps(config.to_hf_dict()), seed, out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def clips() -> dict[str, np.ndarray]:
+    from flax_distil.audio import load_audio
+
+    return {path.name: load_audio(path) for path in audio_files()}
