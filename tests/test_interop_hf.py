@@ -1,4 +1,4 @@
-"""Hugging Face interop: parity with transformers PyTorch on the same weights, round trip, errors."""
+"""Hugging Face interop: parity with PyTorch transformers on the same weights, round trip."""
 
 import dataclasses
 import json
