@@ -90,25 +90,34 @@ def mel_filters(num_mel_bins: int) -> np.ndarray:
 
 
 def _frame_indices(num_samples: int) -> np.ndarray:
-    num_frames = 1 + num_samples // HOP_LENGTH  # after centring with n_fft // 2 on each side
+    """Sample indices of each STFT frame, minus the last frame Whisper drops anyway."""
+    num_frames = num_samples // HOP_LENGTH  # 1 + samples // hop after centring, less the last
     return np.arange(num_frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
+
+
+def _log_mel_clip(audio: jax.Array, num_mel_bins: int) -> jax.Array:
+    """Log-mel [frames, num_mel_bins] of one clip."""
+    padded = jnp.pad(audio, (N_FFT // 2, N_FFT // 2), mode="reflect")
+    window = jnp.asarray(np.hanning(N_FFT + 1)[:-1], jnp.float32)  # periodic Hann
+    spectrum = jnp.fft.rfft(padded[_frame_indices(audio.shape[-1])] * window, axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = jnp.matmul(power, mel_filters(num_mel_bins), precision=jax.lax.Precision.HIGHEST)
+    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
+    log_spec = jnp.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
 
 
 @functools.partial(jax.jit, static_argnames=("num_mel_bins",))
 def log_mel(audio: jax.Array, num_mel_bins: int = 80) -> jax.Array:
     """Log-mel features [batch, num_mel_bins, frames] of 16 kHz audio [batch, samples].
 
-    Pass audio already padded to 30 s (`batch_audio`) to get Whisper's 3,000 frames.
+    Pass audio already padded to 30 s (`batch_audio`) to get Whisper's 3,000 frames. Clips are
+    processed one at a time inside the jit (`lax.map`): each clip's ~5 MB of frames stays in
+    cache, which is ~2x faster on CPU than one batched STFT over the whole batch.
     """
     audio = jnp.asarray(audio, jnp.float32)
-    padded = jnp.pad(audio, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
-    frames = padded[:, _frame_indices(audio.shape[-1])]  # [batch, frames, n_fft]
-    window = jnp.asarray(np.hanning(N_FFT + 1)[:-1], jnp.float32)  # periodic Hann
-    power = jnp.abs(jnp.fft.rfft(frames * window, axis=-1)) ** 2
-    mel = jnp.matmul(power, mel_filters(num_mel_bins), precision=jax.lax.Precision.HIGHEST)
-    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))[:, :-1]  # drop the last frame
-    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
-    return jnp.swapaxes((log_spec + 4.0) / 4.0, 1, 2)
+    features = jax.lax.map(lambda clip: _log_mel_clip(clip, num_mel_bins), audio)
+    return jnp.swapaxes(features, 1, 2)
 
 
 def features_from_files(paths, num_mel_bins: int = 80) -> np.ndarray:

@@ -119,8 +119,8 @@ def sinusoids(length: int, channels: int) -> np.ndarray:
 
 def _attend(q, k, v, mask):
     """Scaled dot-product attention; q [B,T,H,D], k/v [B,S,H,D], mask [B,T,S] or None."""
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)  # scale [B,T,H,D], not the [B,H,T,S] scores
     scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (q.shape[-1] ** -0.5)
     if mask is not None:
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)

@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmark scripts: CPU pinning, timing, the PyTorch peer process."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found" line
+
+
+def pin_threads(threads: int) -> None:
+    """Restricts this process (and its children) to `threads` cores, before jax/torch start."""
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores[:threads])
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def reference_python() -> str:
+    python = os.environ.get("FLAX_DISTIL_REFERENCE_PYTHON", str(REPO / ".venv-ref/bin/python"))
+    if not Path(python).exists():
+        sys.exit(f"error: no PyTorch reference env at {python}; run bash run_scripts/setup_env.sh")
+    return python
+
+
+def run_peer(script: str, *args: str) -> dict:
+    """Runs `script --peer ARGS` in the PyTorch reference env; returns its JSON line."""
+    result = subprocess.run(
+        [reference_python(), script, "--peer", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode:
+        sys.exit(f"error: the PyTorch peer failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
