@@ -192,8 +192,8 @@ class DecoderLayer(nnx.Module):
         """One layer over tokens written at `start` per row; returns output and updated cache."""
         h = self.self_attn_layer_norm(x)
         new_k, new_v = self.self_attn.key_value(h)
-        self_k = _write_rows(layer_cache.self_k, new_k, start)
-        self_v = _write_rows(layer_cache.self_v, new_v, start)
+        self_k = write_rows(layer_cache.self_k, new_k, start)
+        self_v = write_rows(layer_cache.self_v, new_v, start)
         x = x + self.self_attn(h, self_k, self_v, mask)
         h = self.encoder_attn_layer_norm(x)
         x = x + self.encoder_attn(h, layer_cache.cross_k, layer_cache.cross_v, mask=None)
@@ -201,7 +201,7 @@ class DecoderLayer(nnx.Module):
         return x, layer_cache._replace(self_k=self_k, self_v=self_v)
 
 
-def _write_rows(buffer, update, start):
+def write_rows(buffer, update, start):
     """Writes update [B,T,...] into buffer [B,L,...] at a per-row offset start [B]."""
 
     def write_row(row_buffer, row_update, row_start):

@@ -17,6 +17,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# pip, minus this machine's notes about absent local mirror entries.
+pip_install() {
+  "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+}
+
 # Prints the first interpreter whose version is >= $1.$2 (and < $1.$3 when given).
 find_python() {
   local major=$1 minor=$2 below=${3:-99} candidate
@@ -44,8 +49,8 @@ python=$(find_python 3 12) || {
 }
 echo "== .venv with $python ($("$python" --version))"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[$extras]"
+pip_install .venv/bin/python -m pip install -q --upgrade pip
+pip_install .venv/bin/python -m pip install -q -e ".[$extras]"
 
 if [ "$reference" = 1 ]; then
   ref_python=$(find_python 3 11 12) || {
@@ -55,7 +60,8 @@ if [ "$reference" = 1 ]; then
   }
   echo "== .venv-ref with $ref_python ($("$ref_python" --version))"
   [ -x .venv-ref/bin/python ] || "$ref_python" -m venv .venv-ref
-  .venv-ref/bin/python -m pip install -q --upgrade pip
-  .venv-ref/bin/python -m pip install -q "torch==2.13.*" "transformers>=5.20,<6" safetensors numpy
+  pip_install .venv-ref/bin/python -m pip install -q --upgrade pip
+  pip_install .venv-ref/bin/python -m pip install -q "torch==2.13.*" "transformers>=5.20,<6" \
+    safetensors numpy
 fi
 echo "== ready: .venv/bin/flax-distil --help"

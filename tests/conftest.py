@@ -86,6 +86,29 @@ def torch_forward(model_dir: Path, features: np.ndarray, tokens: np.ndarray, tmp
     return result["encoder_out"], result["logits"], json.loads(str(result["loading_info"]))
 
 
+def torch_generate(
+    model_dir: Path,
+    features,
+    tmp_path: Path,
+    *,
+    timestamps: bool,
+    max_new_tokens: int,
+    language: str | None = None,
+) -> np.ndarray:
+    """transformers PyTorch greedy `generate` tokens [B, N] (prompt excluded, eos-padded)."""
+    inputs, outputs = tmp_path / "generate_inputs.npz", tmp_path / "generate_outputs.npz"
+    extra = {"language": np.array(language)} if language else {}
+    np.savez(
+        inputs,
+        features=np.asarray(features, np.float32),
+        timestamps=timestamps,
+        max_new_tokens=max_new_tokens,
+        **extra,
+    )
+    run_torch_reference("generate", model_dir, inputs, outputs)
+    return np.load(outputs)["tokens"]
+
+
 def random_hf_model(config: WhisperConfig, seed: int, out_dir: Path) -> Path:
     """A random transformers PyTorch Whisper saved as a Hugging Face directory."""
     run_torch_reference("random", json.dumps(config.to_hf_dict()), seed, out_dir)

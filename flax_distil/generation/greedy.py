@@ -1,0 +1,94 @@
+"""Batched greedy decoding in one `jax.jit`: prefill the prompt, then a `lax.while_loop`.
+
+The model enters as NNX (graphdef, state): the graphdef and the `LogitRules` are static, so a
+jitted program exists per (model structure, rules, batch size, prompt length, max new tokens)
+and repeated calls with those shapes never compile again. The KV cache is a fixed-size buffer;
+every row advances one token per iteration and rows that finished keep emitting end-of-text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from flax_distil.generation.rules import LogitRules, apply_rules
+
+
+@dataclasses.dataclass
+class Generated:
+    """Generated tokens [B, N] (end-of-text padded) and each row's length, end-of-text included."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    verifications: int = 0  # speculative decoding: teacher verifications, summed over rows
+    accepted_drafts: int = 0  # speculative decoding: draft tokens kept, summed over rows
+
+    @property
+    def mean_accepted(self) -> float:
+        """Draft tokens accepted per teacher verification (speculative decoding)."""
+        return self.accepted_drafts / max(self.verifications, 1)
+
+    def rows(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode(graphdef: nnx.GraphDef, state: nnx.State, features: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state).encode(features)
+
+
+def generated_lengths(tokens: jax.Array, eos_token_id: int) -> jax.Array:
+    """Per-row count of tokens up to and including the first end-of-text."""
+    is_end = tokens == eos_token_id
+    return jnp.where(is_end.any(axis=1), jnp.argmax(is_end, axis=1) + 1, tokens.shape[1])
+
+
+def prefill(model, encoder_out, prompt, cache_length):
+    """Cache for the prompt minus its last token, which the caller feeds next."""
+    batch, prompt_length = prompt.shape
+    cache = model.init_cache(encoder_out, cache_length)
+    if prompt_length > 1:
+        _, cache = model.decode_step(prompt[:, :-1], cache, jnp.zeros(batch, jnp.int32))
+    return cache
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("rules", "max_new_tokens"))
+def greedy_decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    encoder_out: jax.Array,
+    prompt: jax.Array,
+    *,
+    rules: LogitRules,
+    max_new_tokens: int,
+) -> jax.Array:
+    """Greedy tokens [B, max_new_tokens] after prompt [B, P]; end-of-text pads finished rows."""
+    model = nnx.merge(graphdef, state)
+    batch, prompt_length = prompt.shape
+    total = prompt_length + max_new_tokens
+    eos = rules.eos_token_id
+    tokens = jnp.full((batch, total), eos, jnp.int32).at[:, :prompt_length].set(prompt)
+    cache = prefill(model, encoder_out, prompt, total)
+
+    def keep_going(carry):
+        step, _, _, done = carry
+        return (step < max_new_tokens) & ~done.all()
+
+    def advance(carry):
+        step, tokens, cache, done = carry
+        position = jnp.full((batch,), prompt_length - 1 + step, jnp.int32)
+        last = jnp.take_along_axis(tokens, position[:, None], axis=1)
+        logits, cache = model.decode_step(last, cache, position)
+        scores = apply_rules(logits[:, 0], tokens, position + 1, prompt_length, rules)
+        chosen = jnp.where(done, eos, jnp.argmax(scores, axis=-1).astype(jnp.int32))
+        tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, prompt_length + step))
+        return step + 1, tokens, cache, done | (chosen == eos)
+
+    carry = (jnp.int32(0), tokens, cache, jnp.zeros((batch,), bool))
+    _, tokens, _, _ = jax.lax.while_loop(keep_going, advance, carry)
+    return tokens[:, prompt_length:]
