@@ -34,6 +34,7 @@ setup(
         "soundfile>=0.13,<1",
         "soxr>=0.5,<2",
         "jiwer>=4,<5",
+        "whisper-normalizer>=0.1.12,<1",
         "tqdm>=4.66,<5",
         "PyYAML>=6,<7",
         "tensorboard>=2.18,<3",

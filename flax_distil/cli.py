@@ -26,6 +26,35 @@ def _convert(args: argparse.Namespace) -> None:
     )
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    import json
+
+    from flax_distil.generation import Transcriber
+    from flax_distil.transcribe import TranscribeOptions, transcribe_files
+
+    options = TranscribeOptions(
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        timestamps=args.timestamps,
+        language=args.language,
+        long_form=args.long_form,
+        num_draft=args.num_draft if args.assistant else 0,
+    )
+    transcriber = Transcriber.load(args.model, assistant=args.assistant)
+    results, errors = transcribe_files(transcriber, args.audio, options)
+    for result in results:
+        print(f"{result['audio']}: {result['text']}")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if args.output_json:
+        with open(args.output_json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    if errors:
+        print(f"{len(errors)} of {len(args.audio)} files failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flax_distil import __version__
     from flax_distil.interop import PYPI_MODELS, SAVE_DTYPES
@@ -55,17 +84,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow PyTorch .bin weights (unpickling runs code from the file: trusted files only)",
     )
     convert.set_defaults(handler=_convert)
+
+    transcribe = commands.add_parser(
+        "transcribe",
+        help="transcribe audio files (greedy, or speculative with --assistant)",
+        description="Transcribe audio files with pure-JAX Whisper decoding. Clips over 30 s use "
+        "long-form decoding.",
+    )
+    transcribe.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG, MP3)")
+    transcribe.add_argument("--model", required=True, help=f"model source ({sources})")
+    transcribe.add_argument(
+        "--assistant", help="draft model for speculative decoding (same output, faster)"
+    )
+    transcribe.add_argument("--num-draft", type=int, default=5, help="draft tokens per step")
+    transcribe.add_argument("--batch-size", type=int, default=8)
+    transcribe.add_argument("--max-new-tokens", type=int, default=224)
+    transcribe.add_argument("--timestamps", action="store_true", help="timestamped segments")
+    transcribe.add_argument("--language", help="language code; detected when omitted")
+    transcribe.add_argument(
+        "--long-form",
+        choices=["chunked", "sequential"],
+        help="for clips over 30 s (default: chunked, or sequential with --timestamps)",
+    )
+    transcribe.add_argument("--output-json", help="write results to this JSON file")
+    transcribe.set_defaults(handler=_transcribe)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except FlaxDistilError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
