@@ -98,7 +98,11 @@ class WhisperConfig:
 
 
 class LayerCache(NamedTuple):
-    """Keys and values of one decoder layer, `[B, L, H, Dh]` (self) and `[B, S, H, Dh]` (cross)."""
+    """Keys and values of one decoder layer, `[B, H, L, Dh]` (self) and `[B, H, S, Dh]` (cross).
+
+    Heads come before positions: a one-token decoding step then reads each head's keys
+    contiguously (measured 2x faster cross-attention per step than `[B, S, H, Dh]`).
+    """
 
     self_k: jax.Array
     self_v: jax.Array
@@ -118,13 +122,21 @@ def sinusoids(length: int, channels: int) -> np.ndarray:
 
 
 def _attend(q, k, v, mask):
-    """Scaled dot-product attention; q [B,T,H,D], k/v [B,S,H,D], mask [B,T,S] or None."""
-    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)  # scale [B,T,H,D], not the [B,H,T,S] scores
-    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    """Scaled dot-product attention; q [B,T,H,D], k/v [B,H,S,D], mask [B,T,S] or None.
+
+    Heads-first batched matmuls, with the softmax normalisation applied to the [B,H,T,D] output
+    rather than the [B,H,T,S] weights: together ~2x faster encoder attention on CPU.
+    """
+    q = jnp.swapaxes(q, 1, 2) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", weights, v)
+    weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    out = jnp.einsum(
+        "bhts,bhsd->bhtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    out = out / weights.sum(axis=-1, keepdims=True)
+    return jnp.swapaxes(out, 1, 2).astype(v.dtype)
 
 
 class Attention(nnx.Module):
@@ -142,7 +154,9 @@ class Attention(nnx.Module):
         return x.reshape(*x.shape[:-1], self.num_heads, -1)
 
     def key_value(self, x):
-        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+        """Keys and values [B, H, S, Dh] of x [B, S, D]."""
+        k, v = self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+        return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
     def __call__(self, x, k, v, mask):
         out = _attend(self.split_heads(self.q_proj(x)), k, v, mask)
@@ -192,8 +206,8 @@ class DecoderLayer(nnx.Module):
         """One layer over tokens written at `start` per row; returns output and updated cache."""
         h = self.self_attn_layer_norm(x)
         new_k, new_v = self.self_attn.key_value(h)
-        self_k = write_rows(layer_cache.self_k, new_k, start)
-        self_v = write_rows(layer_cache.self_v, new_v, start)
+        self_k = write_rows(layer_cache.self_k, new_k, start, axis=2)
+        self_v = write_rows(layer_cache.self_v, new_v, start, axis=2)
         x = x + self.self_attn(h, self_k, self_v, mask)
         h = self.encoder_attn_layer_norm(x)
         x = x + self.encoder_attn(h, layer_cache.cross_k, layer_cache.cross_v, mask=None)
@@ -201,11 +215,12 @@ class DecoderLayer(nnx.Module):
         return x, layer_cache._replace(self_k=self_k, self_v=self_v)
 
 
-def write_rows(buffer, update, start):
-    """Writes update [B,T,...] into buffer [B,L,...] at a per-row offset start [B]."""
+def write_rows(buffer, update, start, axis: int = 1):
+    """Writes `update` into `buffer` along `axis` at a per-row offset start [B] (axis 0 = rows)."""
 
     def write_row(row_buffer, row_update, row_start):
-        offsets = (row_start,) + (0,) * (row_buffer.ndim - 1)
+        offsets = [0] * row_buffer.ndim
+        offsets[axis - 1] = row_start
         return jax.lax.dynamic_update_slice(
             row_buffer, row_update.astype(row_buffer.dtype), offsets
         )
@@ -268,7 +283,7 @@ class Decoder(nnx.Module):
         """Projects encoder output to each layer's cross keys/values; empty self-attn buffers."""
         batch = encoder_out.shape[0]
         heads = self.config.decoder_attention_heads
-        shape = (batch, max_length, heads, self.config.d_model // heads)
+        shape = (batch, heads, max_length, self.config.d_model // heads)
         dtype = self.dtype or encoder_out.dtype
         caches = []
         for layer in self.layers:
@@ -284,7 +299,7 @@ class Decoder(nnx.Module):
         scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
         x = self.embed_tokens(tokens) * scale
         x = x + jnp.take(self.embed_positions[...], positions, axis=0).astype(x.dtype)
-        key_positions = jnp.arange(cache[0].self_k.shape[1])
+        key_positions = jnp.arange(cache[0].self_k.shape[2])
         mask = key_positions[None, None, :] <= positions[:, :, None]  # causal over absolute slots
         run_layer = _maybe_remat(lambda layer, h, c: layer(h, c, start, mask), self.remat)
         new_cache = []
@@ -292,7 +307,10 @@ class Decoder(nnx.Module):
             x, layer_cache = run_layer(layer, x, layer_cache)
             new_cache.append(layer_cache)
         x = self.layer_norm(x)
-        logits = self.embed_tokens.attend(x)  # output projection is tied to the embedding
+        # The output projection is tied to the embedding. einsum contracts against it in place;
+        # `Embed.attend` (x @ E.T) materialises the transpose and was ~2.5x slower per step.
+        embedding = self.embed_tokens.embedding[...].astype(x.dtype)
+        logits = jnp.einsum("btd,vd->btv", x, embedding)
         return logits.astype(jnp.float32), tuple(new_cache)
 
 

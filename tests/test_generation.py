@@ -13,6 +13,7 @@ from flax_distil.generation import LogitRules, Transcriber, apply_rules, greedy_
 from flax_distil.generation.speculative import speculative_decode
 from flax_distil.interop import build_model, load_checkpoint, save_hf_checkpoint
 from flax_distil.interop.checkpoint import checkpoint_from_model
+from flax_distil.student import make_student
 from flax_distil.whisper import Whisper
 
 from .conftest import TINY_CONFIG, random_hf_model, torch_generate
@@ -101,19 +102,8 @@ def test_greedy_equals_naive_loop(teacher, features, timestamps):
 
 
 def student_from_layers(teacher, layer_ids):
-    """A 2-layer student sharing the teacher's weights: decoder layers `layer_ids` copied."""
-    checkpoint = checkpoint_from_model(teacher)
-    weights = {}
-    for name, array in checkpoint.weights.items():
-        if name.startswith("model.decoder.layers."):
-            index = int(name.split(".")[3])
-            if index not in layer_ids:
-                continue
-            name = name.replace(f"layers.{index}.", f"layers.{layer_ids.index(index)}.", 1)
-        weights[name] = array
-    checkpoint.weights = weights
-    checkpoint.config = dataclasses.replace(teacher.config, decoder_layers=len(layer_ids))
-    return build_model(checkpoint)
+    """A student Whisper whose decoder layers are copies of the teacher's `layer_ids`."""
+    return build_model(make_student(checkpoint_from_model(teacher), decoder_layer_ids=layer_ids))
 
 
 def ragged_end_token(greedy_rows):
