@@ -55,6 +55,35 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layer_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer ids, got {text!r}"
+        ) from None
+
+
+def _create_student(args: argparse.Namespace) -> None:
+    from flax_distil.interop import load_checkpoint, save_hf_checkpoint
+    from flax_distil.student import make_student, spaced_layers
+
+    teacher = load_checkpoint(args.teacher)
+    config = teacher.config
+    decoder_ids = args.decoder_layer_ids or spaced_layers(
+        config.decoder_layers, args.decoder_layers
+    )
+    encoder_ids = args.encoder_layer_ids or (
+        spaced_layers(config.encoder_layers, args.encoder_layers) if args.encoder_layers else None
+    )
+    student = make_student(teacher, decoder_layer_ids=decoder_ids, encoder_layer_ids=encoder_ids)
+    save_hf_checkpoint(student, args.output, dtype=args.dtype)
+    print(
+        f"wrote {args.output}: decoder layers {decoder_ids} of {config.decoder_layers}, "
+        f"encoder layers {encoder_ids or 'all'} of {config.encoder_layers}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flax_distil import __version__
     from flax_distil.interop import PYPI_MODELS, SAVE_DTYPES
@@ -84,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow PyTorch .bin weights (unpickling runs code from the file: trusted files only)",
     )
     convert.set_defaults(handler=_convert)
+
+    student = commands.add_parser(
+        "create-student",
+        help="make a student from a teacher's layers (Distil-Whisper initialisation)",
+        description="Copy the teacher's encoder (all layers, or --encoder-layers maximally "
+        "spaced) and maximally spaced decoder layers, first and last included.",
+    )
+    student.add_argument("--teacher", required=True, help=f"teacher model source ({sources})")
+    student.add_argument("--decoder-layers", type=int, default=2)
+    student.add_argument("--decoder-layer-ids", type=_layer_ids, help="explicit ids, e.g. 0,31")
+    student.add_argument("--encoder-layers", type=int, help="default: keep every encoder layer")
+    student.add_argument("--encoder-layer-ids", type=_layer_ids, help="explicit ids")
+    student.add_argument("--output", required=True, help="Hugging Face directory to write")
+    student.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="float32")
+    student.set_defaults(handler=_create_student)
 
     transcribe = commands.add_parser(
         "transcribe",

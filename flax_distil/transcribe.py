@@ -68,23 +68,15 @@ def _short_results(transcriber, paths, clips, options):
 
 
 def _long_result(transcriber, path, clip, options):
+    decoding = dict(
+        language=options.language,
+        max_new_tokens=options.max_new_tokens,
+        num_draft=options.num_draft,
+    )
     if options.long_form == "sequential":
-        out = transcribe_sequential(
-            transcriber,
-            clip,
-            language=options.language,
-            max_new_tokens=options.max_new_tokens,
-            num_draft=options.num_draft,
-        )
+        out = transcribe_sequential(transcriber, clip, **decoding)
     else:
-        out = transcribe_chunked(
-            transcriber,
-            clip,
-            batch_size=options.batch_size,
-            language=options.language,
-            max_new_tokens=options.max_new_tokens,
-            num_draft=options.num_draft,
-        )
+        out = transcribe_chunked(transcriber, clip, batch_size=options.batch_size, **decoding)
     result = {
         "audio": str(path),
         "text": out["text"],

@@ -133,6 +133,7 @@ class Transcriber:
             raise FlaxDistilError(f"max_new_tokens must be between 1 and {limit}")
         rules = self.rules(timestamps)
         verifications = accepted = 0
+        decoding = dict(rules=rules, max_new_tokens=max_new_tokens)
         if num_draft and self.assistant is not None:
             tokens, verifications, accepted = speculative_decode(
                 self.graphdef,
@@ -140,19 +141,11 @@ class Transcriber:
                 *self.assistant,
                 encoder_out,
                 prompts,
-                rules=rules,
-                max_new_tokens=max_new_tokens,
                 num_draft=num_draft,
+                **decoding,
             )
         else:
-            tokens = greedy_decode(
-                self.graphdef,
-                self.state,
-                encoder_out,
-                prompts,
-                rules=rules,
-                max_new_tokens=max_new_tokens,
-            )
+            tokens = greedy_decode(self.graphdef, self.state, encoder_out, prompts, **decoding)
         lengths = generated_lengths(tokens, rules.eos_token_id)
         return Generated(
             tokens=np.asarray(tokens)[:batch],
