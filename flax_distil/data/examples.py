@@ -1,0 +1,112 @@
+"""Decoding raw examples, fixing what can be fixed and naming why the rest is skipped.
+
+Multi-channel audio is down-mixed and other sample rates resampled (fixed); unreadable,
+truncated, missing, empty, silent, non-finite, too short or too long audio and empty or
+non-string labels are skipped with a reason, so one bad file in a large corpus never stops a run.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import os
+
+import numpy as np
+
+from flax_distil.audio import SAMPLE_RATE, prepare_audio
+from flax_distil.data.sources import RawExample
+from flax_distil.errors import FlaxDistilError
+
+SKIP_REASONS = (
+    "missing_file",
+    "unreadable_audio",
+    "empty_audio",
+    "non_finite_audio",
+    "silent_audio",
+    "too_short",
+    "too_long",
+    "bad_label",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleFilter:
+    min_seconds: float = 0.0
+    max_seconds: float = 30.0
+    silence_peak: float = 1e-4  # a peak amplitude below this is silence
+
+
+@dataclasses.dataclass
+class Example:
+    id: str
+    audio: np.ndarray  # mono float32 at 16 kHz
+    text: str
+
+
+class Skipped(Exception):
+    """An example that cannot be used; `reason` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, example_id: str, detail: str = ""):
+        super().__init__(f"{example_id}: {reason}{f' ({detail})' if detail else ''}")
+        self.reason = reason
+
+
+def _read(raw: RawExample) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    if raw.audio_bytes:
+        source = io.BytesIO(raw.audio_bytes)
+    elif raw.audio_path and os.path.isfile(raw.audio_path):
+        source = raw.audio_path
+    else:
+        raise Skipped("missing_file", raw.id, str(raw.audio_path))
+    try:
+        return soundfile.read(source, dtype="float32", always_2d=True)
+    except Exception as error:  # libsndfile's errors for unreadable or truncated data
+        raise Skipped("unreadable_audio", raw.id, str(error)[:120]) from None
+
+
+def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Example:
+    """The usable example, or raises `Skipped` with the reason."""
+    limits = limits or ExampleFilter()
+    if not isinstance(raw.text, str) or not raw.text.strip():
+        raise Skipped("bad_label", raw.id, f"label {raw.text!r}")
+    samples, rate = _read(raw)
+    if samples.size == 0:
+        raise Skipped("empty_audio", raw.id)
+    if not np.all(np.isfinite(samples)):
+        raise Skipped("non_finite_audio", raw.id)
+    try:
+        audio = prepare_audio(samples, rate, SAMPLE_RATE, source=raw.id)
+    except FlaxDistilError as error:
+        raise Skipped("unreadable_audio", raw.id, str(error)) from None
+    seconds = len(audio) / SAMPLE_RATE
+    if seconds < limits.min_seconds:
+        raise Skipped("too_short", raw.id, f"{seconds:.2f} s")
+    if seconds > limits.max_seconds:
+        raise Skipped("too_long", raw.id, f"{seconds:.1f} s")
+    if np.abs(audio).max() < limits.silence_peak:
+        raise Skipped("silent_audio", raw.id)
+    return Example(raw.id, audio, raw.text.strip())
+
+
+class SkipCounter(collections.Counter):
+    """Skipped examples by reason, with the total examples seen, for metrics and the skip limit."""
+
+    def __init__(self, max_skip_ratio: float = 0.5, min_seen: int = 100):
+        super().__init__()
+        self.seen = 0
+        self.max_skip_ratio = max_skip_ratio
+        self.min_seen = min_seen
+
+    def record(self, skipped: Skipped | None) -> None:
+        self.seen += 1
+        if skipped is not None:
+            self[skipped.reason] += 1
+        skipped_total = sum(self.values())
+        if self.seen >= self.min_seen and skipped_total > self.max_skip_ratio * self.seen:
+            raise FlaxDistilError(
+                f"{skipped_total} of {self.seen} examples were unusable ({dict(self)}); the data "
+                f"looks mostly broken (raise data.max_skip_ratio={self.max_skip_ratio} if not)"
+            )

@@ -1,0 +1,144 @@
+"""Dataset sources, all read as map-style tables of (id, audio, text) with the audio undecoded.
+
+Kinds:
+- `hub`: a Hugging Face dataset (`name`, `config`, `split`) via `datasets.load_dataset`;
+- `parquet`: local parquet files (a file, a directory or a glob);
+- `audiofolder`: a directory with `metadata.csv` (`file_name,text[,...]`) beside the audio;
+- `jsonl`: a manifest of `{"audio": path, "text": ...}` lines (paths relative to the manifest).
+
+datasets 5 decodes audio only through torchcodec, so audio columns are read with
+`Audio(decode=False)` (bytes and/or a path) and decoded by `flax_distil.data.examples`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+from flax_distil.errors import FlaxDistilError
+
+KINDS = ("hub", "parquet", "audiofolder", "jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One training or evaluation source; `weight` sets its share when sources are mixed."""
+
+    kind: str
+    path: str
+    config: str | None = None
+    split: str = "train"
+    audio_column: str = "audio"
+    text_column: str = "text"
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise FlaxDistilError(f"unknown source kind {self.kind!r}; use one of {KINDS}")
+        if self.weight <= 0:
+            raise FlaxDistilError(f"source {self.path}: weight must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawExample:
+    """An example before decoding: audio as encoded bytes or a file path, and its label."""
+
+    id: str
+    audio_bytes: bytes | None
+    audio_path: str | None
+    text: object  # validated when the example is prepared
+
+
+class Source:
+    """Random access to a source's rows (`len`, `[i]`), audio left undecoded."""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self.table = _load_table(spec)
+        missing = {spec.audio_column, spec.text_column} - set(self.table.column_names)
+        if missing:
+            raise FlaxDistilError(
+                f"source {spec.path}: no column(s) {sorted(missing)}; it has "
+                f"{self.table.column_names} (set audio_column / text_column)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> RawExample:
+        row = self.table[int(index)]
+        audio = row[self.spec.audio_column]
+        if isinstance(audio, dict):
+            audio_bytes, audio_path = audio.get("bytes"), audio.get("path")
+        else:
+            audio_bytes, audio_path = None, audio
+        return RawExample(
+            id=f"{self.spec.path}#{index}",
+            audio_bytes=audio_bytes,
+            audio_path=audio_path,
+            text=row[self.spec.text_column],
+        )
+
+
+def _load_table(spec: SourceSpec):
+    import datasets
+
+    if spec.kind == "audiofolder":
+        return _Rows(_audiofolder_rows(Path(spec.path)), spec)
+    if spec.kind == "jsonl":
+        return _Rows(_jsonl_rows(Path(spec.path), spec), spec)
+    try:
+        if spec.kind == "parquet":
+            path = Path(spec.path)
+            files = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else spec.path
+            table = datasets.load_dataset("parquet", data_files=files, split="train")
+        else:
+            table = datasets.load_dataset(spec.path, spec.config, split=spec.split)
+    except Exception as error:  # datasets raises a zoo of types for missing or bad data
+        raise FlaxDistilError(f"source {spec.path}: cannot load ({error})") from error
+    if isinstance(table.features.get(spec.audio_column), datasets.Audio):
+        table = table.cast_column(spec.audio_column, datasets.Audio(decode=False))
+    return table
+
+
+class _Rows:
+    """A list of row dicts with the part of the `datasets.Dataset` interface `Source` uses."""
+
+    def __init__(self, rows: list[dict], spec: SourceSpec):
+        self.rows = [{spec.audio_column: r["audio"], spec.text_column: r["text"]} for r in rows]
+        self.column_names = [spec.audio_column, spec.text_column]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def _audiofolder_rows(directory: Path) -> list[dict]:
+    metadata = directory / "metadata.csv"
+    if not metadata.is_file():
+        raise FlaxDistilError(f"{directory}: an audiofolder needs a metadata.csv")
+    with metadata.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not {"file_name", "text"} <= set(reader.fieldnames or ()):
+            raise FlaxDistilError(f"{metadata}: needs the columns file_name and text")
+        return [{"audio": str(directory / r["file_name"]), "text": r["text"]} for r in reader]
+
+
+def _jsonl_rows(manifest: Path, spec: SourceSpec) -> list[dict]:
+    if not manifest.is_file():
+        raise FlaxDistilError(f"{manifest}: no such manifest")
+    rows = []
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            audio = record[spec.audio_column]
+        except (ValueError, KeyError) as error:
+            raise FlaxDistilError(f"{manifest}:{number}: bad manifest line ({error})") from None
+        rows.append({"audio": str(manifest.parent / audio), "text": record.get(spec.text_column)})
+    return rows

@@ -1,0 +1,141 @@
+"""A deterministic, per-host sharded, exactly resumable stream of decoded examples.
+
+Each epoch has one global order, the same on every host: a seeded permutation of each source,
+interleaved by the sources' weights until the first one runs out. Host h of N reads the global
+positions h, h + N, h + 2N, ...: hosts read disjoint shares whose union is the epoch. The state
+is (epoch, position): restoring it jumps straight to the next example, so nothing skipped is
+decoded again. Unusable examples are skipped, counted by reason and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from flax_distil.data.examples import (
+    Example,
+    ExampleFilter,
+    SkipCounter,
+    Skipped,
+    decode_example,
+)
+from flax_distil.data.sources import Source
+from flax_distil.errors import FlaxDistilError
+
+log = logging.getLogger(__name__)
+
+
+def epoch_order(sizes: list[int], weights: list[float], seed: int, epoch: int) -> np.ndarray:
+    """Global (source, row) pairs [n, 2] of one epoch, weighted, stopping at the first exhausted."""
+    rng = np.random.default_rng([seed, epoch])
+    permutations = [rng.permutation(size) for size in sizes]
+    if len(sizes) == 1:
+        return np.stack([np.zeros(sizes[0], np.int64), permutations[0]], axis=1)
+    probabilities = np.asarray(weights, np.float64) / np.sum(weights)
+    draws = rng.choice(len(sizes), size=sum(sizes), p=probabilities)
+    taken = np.zeros(len(sizes), np.int64)
+    order = []
+    for source in draws:
+        if taken[source] == sizes[source]:
+            break
+        order.append((source, permutations[source][taken[source]]))
+        taken[source] += 1
+    return np.asarray(order, np.int64).reshape(-1, 2)
+
+
+class ExampleStream:
+    """Decoded examples for one host, forever (epoch after epoch), resumable from `state()`."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        *,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        limits: ExampleFilter | None = None,
+        max_skip_ratio: float = 0.5,
+    ):
+        if not sources:
+            raise FlaxDistilError("no data sources given")
+        if not 0 <= process_index < process_count:
+            raise FlaxDistilError(f"process index {process_index} not in 0..{process_count - 1}")
+        self.sources = sources
+        self.seed, self.process_index, self.process_count = seed, process_index, process_count
+        self.limits = limits or ExampleFilter()
+        self.skipped = SkipCounter(max_skip_ratio)
+        self.decoded = 0  # examples decoded by this stream (resume must not redo any)
+        self.epoch, self.position = 0, 0
+        self._order = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            sizes = [len(source) for source in self.sources]
+            weights = [source.spec.weight for source in self.sources]
+            self._order = epoch_order(sizes, weights, self.seed, self.epoch)
+        return self._order
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Example:
+        example = self._next_in_epoch()
+        if example is None:
+            if self.position == 0:
+                raise FlaxDistilError("the data sources give this host no examples")
+            self._start_next_epoch()
+            example = self._next_in_epoch()
+        if example is None:
+            raise FlaxDistilError("no usable example in a whole epoch of this host's data")
+        return example
+
+    def one_epoch(self):
+        """The rest of the current epoch's usable examples (all of it from a fresh stream)."""
+        while (example := self._next_in_epoch()) is not None:
+            yield example
+        self._start_next_epoch()
+
+    def _start_next_epoch(self) -> None:
+        self.epoch, self.position, self._order = self.epoch + 1, 0, None
+
+    def _next_in_epoch(self) -> Example | None:
+        order = self._epoch_order()
+        while (index := self.process_index + self.position * self.process_count) < len(order):
+            self.position += 1
+            source, row = order[index]
+            raw = self.sources[source][row]
+            self.decoded += 1
+            try:
+                example = decode_example(raw, self.limits)
+            except Skipped as skipped:
+                log.warning("skipping %s", skipped)
+                self.skipped.record(skipped)
+                continue
+            self.skipped.record(None)
+            return example
+        return None
+
+    def state(self) -> dict:
+        """A small JSON-able state; `restore` continues with exactly the next example."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "process_index": self.process_index,
+            "process_count": self.process_count,
+            "seen": self.skipped.seen,
+            "skipped": dict(self.skipped),
+        }
+
+    def restore(self, state: dict) -> None:
+        layout = (self.seed, self.process_index, self.process_count)
+        saved = (state["seed"], state["process_index"], state["process_count"])
+        if saved != layout:
+            raise FlaxDistilError(
+                f"data state was saved for (seed, process, processes) {saved}, not {layout}"
+            )
+        self.epoch, self.position, self._order = state["epoch"], state["position"], None
+        self.skipped.clear()
+        self.skipped.update(state["skipped"])
+        self.skipped.seen = state["seen"]
