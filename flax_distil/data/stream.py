@@ -1,8 +1,10 @@
 """A deterministic, per-host sharded, exactly resumable stream of decoded examples.
 
 Each epoch has one global order, the same on every host: a seeded permutation of each source,
-interleaved by the sources' weights until the first one runs out. Host h of N reads the global
-positions h, h + N, h + 2N, ...: hosts read disjoint shares whose union is the epoch. The state
+interleaved by the sources' weights until the first one runs out. The order is cut into blocks
+of `block_size` (the per-host batch size); host h of N reads blocks h, h + N, h + 2N, ...: hosts
+read disjoint shares whose union is the epoch, and N hosts' batches side by side are the batch
+one host would read with N times the batch size. The state
 is (epoch, position): restoring it jumps straight to the next example, so nothing skipped is
 decoded again. Unusable examples are skipped, counted by reason and logged.
 """
@@ -54,6 +56,7 @@ class ExampleStream:
         seed: int = 0,
         process_index: int = 0,
         process_count: int = 1,
+        block_size: int = 1,
         limits: ExampleFilter | None = None,
         max_skip_ratio: float = 0.5,
     ):
@@ -63,6 +66,7 @@ class ExampleStream:
             raise FlaxDistilError(f"process index {process_index} not in 0..{process_count - 1}")
         self.sources = sources
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
+        self.block_size = block_size
         self.limits = limits or ExampleFilter()
         self.skipped = SkipCounter(max_skip_ratio)
         self.decoded = 0  # examples decoded by this stream (resume must not redo any)
@@ -101,7 +105,7 @@ class ExampleStream:
 
     def _next_in_epoch(self) -> Example | None:
         order = self._epoch_order()
-        while (index := self.process_index + self.position * self.process_count) < len(order):
+        while (index := self._global_index(self.position)) < len(order):
             self.position += 1
             source, row = order[index]
             raw = self.sources[source][row]
@@ -116,6 +120,10 @@ class ExampleStream:
             return example
         return None
 
+    def _global_index(self, position: int) -> int:
+        block, offset = divmod(position, self.block_size)
+        return (block * self.process_count + self.process_index) * self.block_size + offset
+
     def state(self) -> dict:
         """A small JSON-able state; `restore` continues with exactly the next example."""
         return {
@@ -124,16 +132,19 @@ class ExampleStream:
             "seed": self.seed,
             "process_index": self.process_index,
             "process_count": self.process_count,
+            "block_size": self.block_size,
             "seen": self.skipped.seen,
             "skipped": dict(self.skipped),
         }
 
     def restore(self, state: dict) -> None:
-        layout = (self.seed, self.process_index, self.process_count)
-        saved = (state["seed"], state["process_index"], state["process_count"])
+        keys = ("seed", "process_index", "process_count", "block_size")
+        layout = tuple(getattr(self, key) for key in keys)
+        saved = tuple(state[key] for key in keys)
         if saved != layout:
             raise FlaxDistilError(
-                f"data state was saved for (seed, process, processes) {saved}, not {layout}"
+                f"data state was saved for {dict(zip(keys, saved, strict=True))}, not "
+                f"{dict(zip(keys, layout, strict=True))}"
             )
         self.epoch, self.position, self._order = state["epoch"], state["position"], None
         self.skipped.clear()

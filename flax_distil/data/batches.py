@@ -1,0 +1,148 @@
+"""Fixed-shape training batches from an example stream, prefetched in a background thread.
+
+A batch holds, for each of `batch_size` examples:
+- `audio` [B, 480000]: the clip zero-padded to 30 s, for the JAX log-mel on the accelerator
+  (`features_on="device"`), or `features` [B, mels, 3000] computed on the host CPU;
+- `decoder_input_ids` and `labels` [B, max_label_length]: the decoder prompt, the text tokens
+  and end-of-text, shifted by one, padded with end-of-text;
+- `loss_mask` [B, max_label_length]: 1 where the label is a text token or end-of-text, 0 on
+  the prompt and the padding.
+
+Labels longer than `max_label_length` are dropped (counted as `label_too_long`) or truncated.
+The state a batch carries is the stream's state right after its last example, so restoring it
+continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+
+import numpy as np
+
+from flax_distil.audio import N_SAMPLES, batch_audio
+from flax_distil.data.examples import Example, Skipped
+from flax_distil.data.stream import ExampleStream
+from flax_distil.errors import FlaxDistilError
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    batch_size: int
+    max_label_length: int = 128
+    long_labels: str = "drop"  # or "truncate"
+    features_on: str = "device"  # or "host"
+    num_mel_bins: int = 80
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise FlaxDistilError("batch_size must be at least 1")
+        if self.long_labels not in ("drop", "truncate"):
+            raise FlaxDistilError("long_labels must be 'drop' or 'truncate'")
+        if self.features_on not in ("device", "host"):
+            raise FlaxDistilError("features_on must be 'device' or 'host'")
+
+
+def label_arrays(prompt: list[int], text_tokens: list[int], eos: int, length: int):
+    """(decoder_input_ids, labels, loss_mask), each [length], for one example."""
+    tokens = [*prompt, *text_tokens, eos][: length + 1]
+    inputs = np.full(length, eos, np.int32)
+    labels = np.full(length, eos, np.int32)
+    mask = np.zeros(length, np.float32)
+    inputs[: len(tokens) - 1] = tokens[:-1]
+    labels[: len(tokens) - 1] = tokens[1:]
+    mask[len(prompt) - 1 : len(tokens) - 1] = 1.0
+    return inputs, labels, mask
+
+
+class Batches:
+    """Iterator of host-local batches (dicts of numpy arrays) with `state()` / `restore()`."""
+
+    def __init__(
+        self, stream: ExampleStream, tokenizer, prompt: list[int], spec: BatchSpec, prefetch=2
+    ):
+        if len(prompt) + 1 > spec.max_label_length:
+            raise FlaxDistilError("max_label_length leaves no room after the decoder prompt")
+        self.stream, self.tokenizer, self.prompt, self.spec = stream, tokenizer, prompt, spec
+        self.eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.prefetch = prefetch
+        self._state = stream.state()
+        self._queue: queue.Queue | None = None
+
+    def _text_tokens(self, example: Example) -> list[int] | None:
+        tokens = self.tokenizer(" " + example.text, add_special_tokens=False).input_ids
+        room = self.spec.max_label_length + 1 - len(self.prompt) - 1
+        if len(tokens) <= room:
+            return tokens
+        if self.spec.long_labels == "truncate":  # fills the labels; no end-of-text fits
+            return tokens[: room + 1]
+        self.stream.skipped.record(Skipped("label_too_long", example.id), already_seen=True)
+        return None
+
+    def _build(self) -> tuple[dict, dict]:
+        examples, token_lists = [], []
+        while len(examples) < self.spec.batch_size:
+            example = next(self.stream)
+            tokens = self._text_tokens(example)
+            if tokens is not None:
+                examples.append(example)
+                token_lists.append(tokens)
+        length = self.spec.max_label_length
+        arrays = [label_arrays(self.prompt, t, self.eos, length) for t in token_lists]
+        batch = {
+            "decoder_input_ids": np.stack([a[0] for a in arrays]),
+            "labels": np.stack([a[1] for a in arrays]),
+            "loss_mask": np.stack([a[2] for a in arrays]),
+            "ids": [e.id for e in examples],
+        }
+        audio = batch_audio([e.audio for e in examples], N_SAMPLES)
+        if self.spec.features_on == "host":
+            batch["features"] = _host_log_mel(audio, self.spec.num_mel_bins)
+        else:
+            batch["audio"] = audio
+        return batch, self.stream.state()
+
+    def _produce(self) -> None:
+        while True:
+            try:
+                item = self._build()
+            except Exception as error:  # surfaced to the consumer, not lost in the thread
+                self._queue.put(error)
+                return
+            self._queue.put(item)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self.prefetch == 0:
+            batch, self._state = self._build()
+            return batch
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=self.prefetch)
+            threading.Thread(target=self._produce, daemon=True).start()
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def state(self) -> dict:
+        """The stream state after the last batch handed out (not after prefetched ones)."""
+        return self._state
+
+    def restore(self, state: dict) -> None:
+        if self._queue is not None:
+            raise FlaxDistilError("restore the data state before taking the first batch")
+        self.stream.restore(state)
+        self._state = state
+
+
+def _host_log_mel(audio: np.ndarray, num_mel_bins: int) -> np.ndarray:
+    import jax
+
+    from flax_distil.audio import log_mel
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return np.asarray(log_mel(audio, num_mel_bins))
