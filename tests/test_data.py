@@ -10,45 +10,7 @@ from flax_distil.data import Batches, BatchSpec, ExampleStream, Source, SourceSp
 from flax_distil.errors import FlaxDistilError
 from flax_distil.interop import load_checkpoint
 
-NUM_CLIPS = 20
-
-
-def _clip(rng, index):
-    """A short clip whose sample rate and channel count vary: loaders must resample/down-mix."""
-    rate = (16000, 22050, 44100)[index % 3]
-    seconds = 0.5 + 0.1 * index
-    samples = 0.2 * rng.standard_normal((int(rate * seconds), 1 + index % 2)).astype(np.float32)
-    return samples, rate
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """The same 20 FLAC clips as an audiofolder, a JSONL manifest and a parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = tmp_path_factory.mktemp("corpus")
-    folder = root / "audiofolder"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for index in range(NUM_CLIPS):
-        samples, rate = _clip(rng, index)
-        name = f"clip{index:02d}.flac"
-        soundfile.write(folder / name, samples, rate)
-        rows.append((name, f"utterance number {index}"))
-    (folder / "metadata.csv").write_text(
-        "file_name,text\n" + "".join(f"{name},{text}\n" for name, text in rows)
-    )
-    (folder / "manifest.jsonl").write_text(
-        "".join(json.dumps({"audio": name, "text": text}) + "\n" for name, text in rows)
-    )
-    parquet_dir = root / "parquet"
-    parquet_dir.mkdir()
-    audio = [{"bytes": (folder / name).read_bytes(), "path": name} for name, _ in rows]
-    table = pa.table({"audio": audio, "sentence": [text for _, text in rows]})
-    pq.write_table(table, parquet_dir / "train-00000.parquet")
-    return folder, parquet_dir
+from .conftest import NUM_CLIPS
 
 
 def _all_examples(spec):
@@ -197,8 +159,9 @@ def tokenizer():
 
 
 def _batches(folder, tokenizer, batch_size=4, prefetch=0, **spec):
-    stream = ExampleStream([Source(SourceSpec("audiofolder", str(folder)))], seed=4,
-                           block_size=batch_size)  # fmt: skip
+    stream = ExampleStream(
+        [Source(SourceSpec("audiofolder", str(folder)))], seed=4, block_size=batch_size
+    )
     return Batches(stream, tokenizer, PROMPT, BatchSpec(batch_size, **spec), prefetch=prefetch)
 
 

@@ -35,10 +35,22 @@ def test_bad_layer_ids_are_clear_errors():
 def test_create_student_command(name, expected_ids, tmp_path, clips):
     output = tmp_path / "student"
     result = subprocess.run(
-        [sys.executable, "-m", "flax_distil", "create-student", "--teacher", f"pypi:{name}",
-         "--decoder-layers", "2", "--output", str(output)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flax_distil",
+            "create-student",
+            "--teacher",
+            f"pypi:{name}",
+            "--decoder-layers",
+            "2",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert f"decoder layers {expected_ids}" in result.stdout
 
