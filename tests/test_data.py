@@ -212,3 +212,25 @@ def test_host_features_equal_device_log_mel(corpus, tokenizer):
     host = next(_batches(folder, tokenizer, features_on="host"))
     device = next(_batches(folder, tokenizer))
     np.testing.assert_allclose(host["features"], np.asarray(log_mel(device["audio"])), atol=1e-6)
+
+
+def test_wer_filter_skips_disagreeing_labels_without_decoding(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = [
+        ("a.wav", "the cat sat on the mat", "The cat sat on the mat."),  # 0% WER: kept
+        ("b.wav", "the cat sat on a mat", "The cat sat on the mat."),  # 16.7%: dropped at 10
+        ("c.wav", "completely different words", "The cat sat on the mat."),
+    ]
+    for name, _, _ in rows[:1]:
+        soundfile.write(tmp_path / name, 0.3 * rng.standard_normal(8000), 16000)
+    (tmp_path / "manifest.jsonl").write_text(
+        "".join(json.dumps({"audio": a, "text": t, "truth": g}) + "\n" for a, t, g in rows)
+    )
+    spec = SourceSpec(
+        "jsonl", str(tmp_path / "manifest.jsonl"), ground_truth_column="truth", wer_threshold=10.0
+    )
+    stream = ExampleStream([Source(spec)])
+    kept = [example.text for example in stream.one_epoch()]
+    assert kept == ["the cat sat on the mat"]
+    # b.wav and c.wav do not exist: they were rejected before any decoding was attempted
+    assert dict(stream.skipped) == {"wer_above_threshold": 2}

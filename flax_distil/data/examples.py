@@ -28,6 +28,7 @@ SKIP_REASONS = (
     "too_long",
     "bad_label",
     "label_too_long",
+    "wer_above_threshold",
 )
 
 
@@ -73,6 +74,10 @@ def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Exam
     limits = limits or ExampleFilter()
     if not isinstance(raw.text, str) or not raw.text.strip():
         raise Skipped("bad_label", raw.id, f"label {raw.text!r}")
+    if raw.wer_threshold is not None:  # before decoding: rejected audio is never decoded
+        wer = label_wer(raw.ground_truth, raw.text)
+        if wer > raw.wer_threshold:
+            raise Skipped("wer_above_threshold", raw.id, f"WER {wer:.1f}%")
     samples, rate = _read(raw)
     if samples.size == 0:
         raise Skipped("empty_audio", raw.id)
@@ -90,6 +95,16 @@ def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Exam
     if np.abs(audio).max() < limits.silence_peak:
         raise Skipped("silent_audio", raw.id)
     return Example(raw.id, audio, raw.text.strip())
+
+
+def label_wer(ground_truth, label: str) -> float:
+    """WER in percent of a label against the ground truth, both normalised (Whisper English)."""
+    from flax_distil.metrics import word_error_rate
+
+    if not isinstance(ground_truth, str):
+        return float("inf")
+    wer = word_error_rate([ground_truth], [label])
+    return float("inf") if wer != wer else 100.0 * wer  # an empty ground truth never passes
 
 
 class SkipCounter(collections.Counter):

@@ -33,12 +33,17 @@ class SourceSpec:
     audio_column: str = "audio"
     text_column: str = "text"
     weight: float = 1.0
+    # WER filter (Distil-Whisper keeps pseudo-labels within 10% WER of the ground truth):
+    ground_truth_column: str | None = None
+    wer_threshold: float | None = None  # percent
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise FlaxDistilError(f"unknown source kind {self.kind!r}; use one of {KINDS}")
         if self.weight <= 0:
             raise FlaxDistilError(f"source {self.path}: weight must be positive")
+        if self.wer_threshold is not None and self.ground_truth_column is None:
+            raise FlaxDistilError(f"source {self.path}: wer_threshold needs ground_truth_column")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,8 @@ class RawExample:
     audio_bytes: bytes | None
     audio_path: str | None
     text: object  # validated when the example is prepared
+    ground_truth: object = None
+    wer_threshold: float | None = None
 
 
 class Source:
@@ -57,7 +64,8 @@ class Source:
     def __init__(self, spec: SourceSpec):
         self.spec = spec
         self.table = _load_table(spec)
-        missing = {spec.audio_column, spec.text_column} - set(self.table.column_names)
+        wanted = {spec.audio_column, spec.text_column, spec.ground_truth_column} - {None}
+        missing = wanted - set(self.table.column_names)
         if missing:
             raise FlaxDistilError(
                 f"source {spec.path}: no column(s) {sorted(missing)}; it has "
@@ -78,7 +86,11 @@ class Source:
             id=f"{self.spec.path}#{index}",
             audio_bytes=audio_bytes,
             audio_path=audio_path,
-            text=row[self.spec.text_column],
+            text=row.get(self.spec.text_column),  # a missing label is skipped as bad_label
+            ground_truth=row[self.spec.ground_truth_column]
+            if self.spec.ground_truth_column
+            else None,
+            wer_threshold=self.spec.wer_threshold,
         )
 
 
@@ -86,9 +98,9 @@ def _load_table(spec: SourceSpec):
     import datasets
 
     if spec.kind == "audiofolder":
-        return _Rows(_audiofolder_rows(Path(spec.path)), spec)
+        return _Rows(_audiofolder_rows(Path(spec.path), spec))
     if spec.kind == "jsonl":
-        return _Rows(_jsonl_rows(Path(spec.path), spec), spec)
+        return _Rows(_jsonl_rows(Path(spec.path), spec))
     try:
         if spec.kind == "parquet":
             path = Path(spec.path)
@@ -106,9 +118,9 @@ def _load_table(spec: SourceSpec):
 class _Rows:
     """A list of row dicts with the part of the `datasets.Dataset` interface `Source` uses."""
 
-    def __init__(self, rows: list[dict], spec: SourceSpec):
-        self.rows = [{spec.audio_column: r["audio"], spec.text_column: r["text"]} for r in rows]
-        self.column_names = [spec.audio_column, spec.text_column]
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self.column_names = sorted({key for row in rows for key in row})
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -117,15 +129,15 @@ class _Rows:
         return self.rows[index]
 
 
-def _audiofolder_rows(directory: Path) -> list[dict]:
+def _audiofolder_rows(directory: Path, spec: SourceSpec) -> list[dict]:
     metadata = directory / "metadata.csv"
     if not metadata.is_file():
         raise FlaxDistilError(f"{directory}: an audiofolder needs a metadata.csv")
     with metadata.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        if not {"file_name", "text"} <= set(reader.fieldnames or ()):
-            raise FlaxDistilError(f"{metadata}: needs the columns file_name and text")
-        return [{"audio": str(directory / r["file_name"]), "text": r["text"]} for r in reader]
+        if "file_name" not in (reader.fieldnames or ()):
+            raise FlaxDistilError(f"{metadata}: needs a file_name column")
+        return [{**r, spec.audio_column: str(directory / r["file_name"])} for r in reader]
 
 
 def _jsonl_rows(manifest: Path, spec: SourceSpec) -> list[dict]:
@@ -140,5 +152,5 @@ def _jsonl_rows(manifest: Path, spec: SourceSpec) -> list[dict]:
             audio = record[spec.audio_column]
         except (ValueError, KeyError) as error:
             raise FlaxDistilError(f"{manifest}:{number}: bad manifest line ({error})") from None
-        rows.append({"audio": str(manifest.parent / audio), "text": record.get(spec.text_column)})
+        rows.append({**record, spec.audio_column: str(manifest.parent / audio)})
     return rows
