@@ -190,6 +190,8 @@ def test_batches_resume_exactly(corpus, tokenizer, prefetch):
     assert resumed.stream.decoded == 20 * 4  # nothing before the saved position decoded again
     batch = reference[0]
     assert batch["audio"].shape == (4, 480000) and batch["labels"].shape == (4, 128)
+    # Real inputs: the 2 prompt tokens and 4 text tokens of "utterance number N".
+    assert batch["decoder_attention_mask"].sum(axis=1).tolist() == [6] * 4
 
 
 def test_long_labels_are_dropped_or_truncated(corpus, tokenizer):
