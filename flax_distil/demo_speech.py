@@ -3,7 +3,9 @@
 Piper (GPL-3.0) runs as a separate process through its command line and is never imported. The
 text (`flax_distil/resources/text`, see SOURCES.md there) is filtered so that every transcript
 is exactly what is spoken. Utterances are synthesised in chunks, one Piper process per chunk and
-the chunks in parallel; each chunk gets its own speaking rate and prosody noise. Optional white
+the chunks in parallel; each chunk gets its own speaking rate and prosody noise, and each
+utterance its own speed perturbation (resampled by 0.9-1.1x, as Kaldi-style speed
+augmentation does, which moves tempo and pitch together). Optional white
 or babble noise at a given SNR makes robustness test sets.
 
     flax-distil make-demo-data --output demo --num-utterances 200 [--noise babble --snr 5]
@@ -140,6 +142,7 @@ def make_demo_data(
     chosen = [pool[i] for i in rng.choice(len(pool), num_utterances, replace=False)]
     chunks = [chosen[i : i + _CHUNK] for i in range(0, len(chosen), _CHUNK)]
     styles = [(rng.uniform(0.85, 1.2), rng.uniform(0.4, 0.8)) for _ in chunks]
+    speeds = rng.uniform(0.9, 1.1, len(chosen))
 
     output = Path(output)
     (output / "clips").mkdir(parents=True, exist_ok=True)
@@ -158,7 +161,9 @@ def make_demo_data(
         for future in concurrent.futures.as_completed(futures):
             spoken = future.result()
             for offset, (samples, rate) in enumerate(spoken):
-                clips[futures[future] + offset] = soxr.resample(samples, rate, SAMPLE_RATE)
+                index = futures[future] + offset
+                # Played at 16 kHz, audio resampled to 16 kHz / speed runs `speed` times faster.
+                clips[index] = soxr.resample(samples, rate, SAMPLE_RATE / speeds[index])
             progress.update(len(spoken))
     if noise:
         clean = list(clips)
