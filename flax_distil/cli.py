@@ -44,6 +44,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     results, errors = transcribe_files(transcriber, args.audio, options)
     for result in results:
         print(f"{result['audio']}: {result['text']}")
+        for segment in result.get("segments", []):
+            end = "end" if segment["end"] is None else f"{segment['end']:.2f}"
+            print(f"  [{segment['start']:.2f} -> {end}] {segment['text']}")
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if args.output_json:

@@ -85,6 +85,7 @@ def test_transcribe_command_reports_bad_files_and_keeps_going(tmp_path):
     assert "fake.mp3: cannot decode audio" in result.stderr
     assert "missing.wav: no such audio file" in result.stderr
     assert "2 of 4 files failed" in result.stderr
+    assert "  [0.00 -> " in result.stdout  # segments are printed with --timestamps
     records = json.loads(out.read_text())
     assert [r["audio"] for r in records] == [str(f) for f in files[:2]]
     assert "greasy wash water" in records[0]["text"]
