@@ -1,9 +1,9 @@
 """`flax-distil` command line: parses arguments and hands off to the library; holds no logic.
 
-    flax-distil convert pypi:tiny.en whisper-tiny.en-hf --dtype float32
-    flax-distil transcribe --model pypi:tiny.en --timestamps speech.flac
-    flax-distil create-student --teacher pypi:base --decoder-layers 2 --output student
-    flax-distil make-demo-data --output demo --num-utterances 200
+flax-distil convert pypi:tiny.en whisper-tiny.en-hf --dtype float32
+flax-distil transcribe --model pypi:tiny.en --timestamps speech.flac
+flax-distil create-student --teacher pypi:base --decoder-layers 2 --output student
+flax-distil make-demo-data --output demo --num-utterances 200
 """
 
 from __future__ import annotations
