@@ -236,3 +236,15 @@ def test_wer_filter_skips_disagreeing_labels_without_decoding(tmp_path):
     assert kept == ["the cat sat on the mat"]
     # b.wav and c.wav do not exist: they were rejected before any decoding was attempted
     assert dict(stream.skipped) == {"wer_above_threshold": 2}
+
+
+def test_dataset_argument_names_its_kind(corpus, tmp_path):
+    from flax_distil.data import spec_from_argument
+
+    folder, parquet_dir = corpus
+    assert spec_from_argument(str(folder)).kind == "audiofolder"
+    assert spec_from_argument(str(parquet_dir), text_column="sentence").kind == "parquet"
+    assert spec_from_argument(str(folder / "manifest.jsonl")).kind == "jsonl"
+    assert spec_from_argument("org/some-dataset", split="test").kind == "hub"
+    with pytest.raises(FlaxDistilError, match="not a dataset"):
+        spec_from_argument(str(tmp_path))

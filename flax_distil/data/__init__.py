@@ -9,7 +9,7 @@ saved = stream.state()            # JSON-able; ExampleStream(...).restore(saved)
 
 from flax_distil.data.batches import Batches, BatchSpec, label_arrays
 from flax_distil.data.examples import SKIP_REASONS, Example, ExampleFilter, Skipped
-from flax_distil.data.sources import RawExample, Source, SourceSpec
+from flax_distil.data.sources import RawExample, Source, SourceSpec, spec_from_argument
 from flax_distil.data.stream import ExampleStream, epoch_order
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "SourceSpec",
     "epoch_order",
     "label_arrays",
+    "spec_from_argument",
 ]

@@ -46,6 +46,27 @@ class SourceSpec:
             raise FlaxDistilError(f"source {self.path}: wer_threshold needs ground_truth_column")
 
 
+def spec_from_argument(dataset: str, **options) -> SourceSpec:
+    """The `SourceSpec` a command-line `--dataset` names: a directory with `metadata.csv`
+    (audiofolder), a directory of or a single `.parquet` file, a `.jsonl` manifest, or else a
+    Hugging Face hub dataset name. `options` are the other `SourceSpec` fields."""
+    path = Path(dataset)
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        kind = "audiofolder"
+    elif path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+        kind = "parquet"
+    elif path.suffix == ".jsonl":
+        kind = "jsonl"
+    elif path.exists():
+        raise FlaxDistilError(
+            f"{dataset}: not a dataset (expected a folder with metadata.csv, parquet files "
+            "or a .jsonl manifest)"
+        )
+    else:
+        kind = "hub"
+    return SourceSpec(kind, str(dataset), **options)
+
+
 @dataclasses.dataclass(frozen=True)
 class RawExample:
     """An example before decoding: audio as encoded bytes or a file path, and its label."""
