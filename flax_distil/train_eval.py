@@ -1,0 +1,147 @@
+"""Evaluation during training: teacher-forced losses and greedy-decoding WER on each eval set.
+
+Eval sets are small (`eval.max_examples` each), decoded once at start-up and kept in memory;
+every host holds all of them and contributes its own rows of each global batch. Batches are
+padded to a multiple of the device count with copies whose loss mask is zero, and their
+predictions are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+from flax import nnx
+
+from flax_distil.audio import N_SAMPLES, batch_audio
+from flax_distil.data import Example, ExampleStream, Source, label_arrays
+from flax_distil.errors import FlaxDistilError
+from flax_distil.generation.greedy import greedy_decode
+from flax_distil.metrics import word_error_rate
+from flax_distil.sharding import global_batch
+from flax_distil.train_step import DistillModels, features_of
+
+
+@dataclasses.dataclass
+class EvalSet:
+    name: str
+    examples: list[Example]
+
+
+def load_eval_sets(named_specs, max_examples: int, limits) -> list[EvalSet]:
+    """The first `max_examples` usable examples of each eval source (read by every host)."""
+    sets = []
+    for name, spec in named_specs:
+        stream = ExampleStream([Source(spec)], seed=0, limits=limits, max_skip_ratio=1.0)
+        examples = []
+        for example in stream.one_epoch():
+            examples.append(example)
+            if len(examples) == max_examples:
+                break
+        if not examples:
+            raise FlaxDistilError(f"eval set {name}: no usable examples")
+        sets.append(EvalSet(name, examples))
+    return sets
+
+
+def _host_rows(batch: dict) -> dict:
+    """This process's contiguous share of a batch every host built whole."""
+    rows = len(batch["labels"]) // jax.process_count()
+    start = jax.process_index() * rows
+    return {k: v[start : start + rows] for k, v in batch.items()}
+
+
+def eval_batches(eval_set, tokenizer, prompt, batch_size, max_label_length, num_devices):
+    """(global batch as numpy dict, number of real rows) pairs, labels truncated to fit."""
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    padded = -(-batch_size // num_devices) * num_devices
+    for start in range(0, len(eval_set.examples), batch_size):
+        chunk = eval_set.examples[start : start + batch_size]
+        real = len(chunk)
+        chunk = chunk + [chunk[-1]] * (padded - real)
+        rows = []
+        for example in chunk:
+            tokens = tokenizer(" " + example.text, add_special_tokens=False).input_ids
+            rows.append(label_arrays(prompt, tokens, eos, max_label_length))
+        loss_mask = np.stack([r[2] for r in rows])
+        loss_mask[real:] = 0.0
+        batch = {
+            "decoder_input_ids": np.stack([r[0] for r in rows]),
+            "labels": np.stack([r[1] for r in rows]),
+            "loss_mask": loss_mask,
+            "audio": batch_audio([e.audio for e in chunk], N_SAMPLES),
+        }
+        yield batch, real
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _encode(student_def, trainable, frozen, num_mel_bins, batch):
+    student = nnx.merge(
+        student_def, trainable, *([frozen["encoder"]] if "encoder" in frozen else [])
+    )
+    return student.encode(features_of(batch, num_mel_bins))
+
+
+def _gather(array) -> np.ndarray:
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def evaluate_sets(
+    eval_sets,
+    models: DistillModels,
+    trainable,
+    eval_step,
+    *,
+    mesh,
+    tokenizer,
+    prompt,
+    rules,
+    batch_size,
+    max_label_length,
+    max_new_tokens,
+    num_mel_bins,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, str]]]]:
+    """({set: {loss, ce, kl, wer}}, {set: [(reference, prediction), ...]})."""
+    state = nnx.merge_state(
+        trainable, *([models.frozen["encoder"]] if "encoder" in models.frozen else [])
+    )
+    results, samples = {}, {}
+    for eval_set in eval_sets:
+        sums = {"objective": 0.0, "ce": 0.0, "kl": 0.0, "tokens": 0.0}
+        predictions = []
+        for batch, real in eval_batches(
+            eval_set, tokenizer, prompt, batch_size, max_label_length, mesh.devices.size
+        ):
+            arrays = global_batch(mesh, _host_rows(batch))
+            for name, value in eval_step(trainable, models.frozen, arrays).items():
+                sums[name] += float(value)
+            encoder_out = _encode(
+                models.student_def, trainable, models.frozen, num_mel_bins, arrays
+            )
+            prompts = np.tile(np.asarray(prompt, np.int32), (len(batch["labels"]), 1))
+            tokens = greedy_decode(
+                models.student_def,
+                state,
+                encoder_out,
+                prompts,
+                rules=rules,
+                max_new_tokens=max_new_tokens,
+            )
+            for row in _gather(tokens)[:real]:
+                predictions.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
+        references = [e.text for e in eval_set.examples]
+        tokens = max(sums["tokens"], 1.0)
+        results[eval_set.name] = {
+            "loss": sums["objective"] / tokens,
+            "ce": sums["ce"] / tokens,
+            "kl": sums["kl"] / tokens,
+            "wer": 100.0 * word_error_rate(references, predictions),
+        }
+        samples[eval_set.name] = list(zip(references, predictions, strict=True))
+    return results, samples

@@ -1,0 +1,171 @@
+"""The training loop proper: resume, steps, logging, eval, checkpoints, preemption, export.
+
+Metrics of step t are read after step t + 1 has been dispatched, so the host never stalls the
+device to fetch them; they are read at once when a log, eval or checkpoint needs them. A step
+whose loss or gradient is not finite has left the state unchanged (see `train_step`): with
+`train.on_nan=stop` the run ends with an error and the last good checkpoint stays the latest;
+with `skip` it is counted and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from flax_distil import checkpointing, sharding
+from flax_distil.errors import FlaxDistilError
+from flax_distil.metric_writer import MetricWriter, flatten
+from flax_distil.train import (
+    STEP_INPUTS,
+    Preemption,
+    Run,
+    export_student,
+    make_eval,
+    peak_flops,
+    step_flops,
+    train_batches,
+)
+
+log = logging.getLogger(__name__)
+LOGGED = ("loss", "ce", "kl", "grad_norm", "param_norm", "learning_rate")
+
+
+class Loop:
+    def __init__(self, run: Run, step_fn, schedule, state, state_shardings):
+        self.job, self.step_fn, self.state = run, step_fn, state
+        self.config = run.config
+        self.checkpointer = checkpointing.Checkpointer(run.workdir, self.config.checkpoint)
+        self.batches = train_batches(run)
+        self.start_step = self._resume(state_shardings)
+        self.writer = MetricWriter(run.workdir, resume_step=self.start_step)
+        self.evaluate = make_eval(run)
+        self.preemption = Preemption()
+        self.flops_per_step = step_flops(run)
+        self.peak = peak_flops(run)
+        self.skipped_steps = 0
+        self.last_eval: dict = {}
+
+    def _resume(self, state_shardings) -> int:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return 0
+        abstract = checkpointing.abstract_like(self.state, state_shardings)
+        self.state, data_state = self.checkpointer.restore(step, abstract)
+        self.batches.restore(data_state)
+        print(f"resumed from step {step} in {self.checkpointer.directory}")
+        return step
+
+    def run(self) -> dict:
+        config = self.config
+        if self.start_step == 0:
+            self.writer.hparams(flatten(config.to_dict()))
+        pending = None  # (step, metrics on device) not yet read
+        interval_start, interval_steps = time.perf_counter(), 0
+        last = {}
+        progress = tqdm(
+            total=config.train.num_steps,
+            initial=self.start_step,
+            desc="training",
+            unit="step",
+            disable=jax.process_index() != 0,
+        )
+        for step in range(self.start_step + 1, config.train.num_steps + 1):
+            batch = next(self.batches)
+            arrays = sharding.global_batch(
+                self.job.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS}
+            )
+            self.state, metrics = self.step_fn(self.state, self.job.models.frozen, arrays)
+            if pending is not None:
+                last = self._check(*pending)
+            pending = (step, metrics)
+            interval_steps += 1
+            progress.update(1)
+            final = step == config.train.num_steps
+            due = {
+                "log": step % config.log.every == 0 or final,
+                "eval": bool(config.eval.every) and step % config.eval.every == 0,
+                "checkpoint": step % config.checkpoint.every == 0 or final,
+            }
+            stop = self.preemption.agreed()
+            if any(due.values()) or stop:
+                last = self._check(*pending)
+                pending = None
+            if due["log"]:
+                seconds = (time.perf_counter() - interval_start) / interval_steps
+                self._log(step, last, seconds)
+                progress.set_postfix(loss=f"{last['loss']:.3f}")
+                interval_start, interval_steps = time.perf_counter(), 0
+            if due["eval"] or (final and self.evaluate is not None):
+                self._eval(step)
+            if due["checkpoint"] or stop:
+                self._save(step)
+            if stop:
+                print(f"preempted (SIGTERM): saved step {step}; rerun the command to resume")
+                break
+        progress.close()
+        if pending is not None:
+            last = self._check(*pending)
+        if step_reached := int(self.state["step"]) == config.train.num_steps:
+            export_student(self.job, self.state["params"], self.job.workdir / "student")
+        return {"train": last, "eval": self.last_eval, "finished": step_reached}
+
+    def _check(self, step: int, metrics) -> dict:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not values["finite"]:
+            if self.config.train.on_nan == "stop":
+                self.checkpointer.wait()
+                raise FlaxDistilError(
+                    f"step {step}: the loss or gradient is not finite (loss {values['loss']}); "
+                    f"stopped with the last good checkpoint at step "
+                    f"{self.checkpointer.latest_step()} (lower train.learning_rate, or set "
+                    "train.on_nan=skip)"
+                )
+            self.skipped_steps += 1
+            log.warning("step %d: non-finite loss or gradient; update skipped", step)
+        return values
+
+    def _log(self, step: int, values: dict, seconds_per_step: float) -> None:
+        batch = self.config.train.batch_size
+        scalars = {k: values[k] for k in LOGGED}
+        scalars.update(
+            step_time=seconds_per_step,
+            samples_per_second=batch / seconds_per_step,
+            tokens_per_second=values["tokens"] / seconds_per_step,
+            mfu=self.flops_per_step / seconds_per_step / self.peak,
+            skipped_steps=self.skipped_steps,
+        )
+        skipped = self.batches.stream.skipped
+        scalars.update({f"skipped_{reason}": count for reason, count in skipped.items()})
+        self.writer.scalars(step, scalars)
+
+    def _eval(self, step: int) -> None:
+        if self.evaluate is None:
+            return
+        started = time.perf_counter()
+        results, samples = self.evaluate(self.state["params"])
+        for name, values in results.items():
+            self.writer.scalars(step, values, kind=f"eval/{name}")
+            shown = samples[name][: self.config.eval.num_samples_logged]
+            table = "\n\n".join(f"**reference:** {r}  \n**prediction:** {p}" for r, p in shown)
+            self.writer.text(step, f"samples/{name}", table)
+        self.last_eval = results
+        summary = ", ".join(f"{n} WER {v['wer']:.1f}%" for n, v in results.items())
+        tqdm.write(f"step {step}: {summary} ({time.perf_counter() - started:.0f}s)")
+
+    def _save(self, step: int) -> None:
+        wers = [v["wer"] for v in self.last_eval.values()]
+        self.checkpointer.save(
+            step,
+            self.state,
+            self.batches.state(),
+            eval_wer=float(np.mean(wers)) if wers else None,
+        )
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.writer.close()
+        self.preemption.restore()

@@ -1,0 +1,270 @@
+"""The distillation train step: one `jax.jit` with explicit shardings and a donated train state.
+
+The student's frozen encoder runs once per (micro)batch and feeds both decoders; the teacher
+(its decoder, and its own encoder only when the student's differs) is a separate, never donated
+state used under `stop_gradient`. Gradients and AdamW moments exist for the trainable student
+parameters only. Microbatches are a `lax.scan` inside the step, so the learning-rate schedule
+counts optimiser steps. A step whose loss or gradient is not finite leaves the state unchanged
+(the caller stops or skips, as configured).
+
+    models = DistillModels.build(student, teacher, freeze_encoder=True)
+    state = init_train_state(models, optimizer, seed)
+    step = jit_train_step(models, settings, optimizer, schedule, mesh, state, batch.keys())
+    state, metrics = step(state, models.frozen, batch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from flax_distil.audio import log_mel
+from flax_distil.errors import FlaxDistilError
+from flax_distil.losses import distillation_sums
+from flax_distil.sharding import batch_sharding, replicated, state_shardings
+
+SUMS = ("objective", "ce", "kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Static settings of the compiled step (hashable)."""
+
+    ce_weight: float = 0.8
+    kl_weight: float = 1.0
+    temperature: float = 2.0
+    microbatches: int = 1
+    dropout: float = 0.0
+    num_mel_bins: int = 80
+
+
+@dataclasses.dataclass
+class DistillModels:
+    """Graph definitions (static) and states of the student and teacher.
+
+    `trainable` is the student's trainable parameters; `frozen` holds the student's frozen
+    encoder ("encoder", when frozen), the teacher's decoder ("teacher") and the teacher's encoder
+    ("teacher_encoder") only when the student's encoder differs from it."""
+
+    student_def: nnx.GraphDef
+    teacher_def: nnx.GraphDef
+    trainable: nnx.State
+    frozen: dict
+
+    @classmethod
+    def build(cls, student, teacher, *, freeze_encoder: bool = True) -> DistillModels:
+        s, t = student.config, teacher.config
+        if (s.d_model, s.vocab_size) != (t.d_model, t.vocab_size):
+            raise FlaxDistilError(
+                "student and teacher must share d_model and vocabulary "
+                f"(student {s.d_model}/{s.vocab_size}, teacher {t.d_model}/{t.vocab_size})"
+            )
+        decoder = nnx.PathContains("decoder")
+        if freeze_encoder:
+            student_def, trainable, encoder = nnx.split(student, decoder, ...)
+            frozen = {"encoder": encoder}
+        else:
+            student_def, trainable = nnx.split(student)
+            frozen = {}
+        teacher_def, teacher_decoder, teacher_encoder = nnx.split(teacher, decoder, ...)
+        frozen["teacher"] = teacher_decoder
+        if not shares_encoder(student, teacher, freeze_encoder):
+            frozen["teacher_encoder"] = teacher_encoder
+        return cls(student_def, teacher_def, trainable, frozen)
+
+    @property
+    def graphs(self) -> tuple[nnx.GraphDef, nnx.GraphDef]:
+        return self.student_def, self.teacher_def
+
+    def student(self, trainable=None) -> nnx.Module:
+        trainable = self.trainable if trainable is None else trainable
+        return _student(self.student_def, trainable, self.frozen)
+
+
+def shares_encoder(student, teacher, freeze_encoder: bool) -> bool:
+    """The student's frozen encoder is the teacher's (same shapes, same weights)."""
+    if not freeze_encoder or student.config.encoder_layers != teacher.config.encoder_layers:
+        return False
+    pairs = zip(
+        jax.tree.leaves(nnx.state(student.encoder)),
+        jax.tree.leaves(nnx.state(teacher.encoder)),
+        strict=True,
+    )
+    return all(a.shape == b.shape and bool(jnp.array_equal(a, b)) for a, b in pairs)
+
+
+def _student(student_def, trainable, frozen):
+    parts = [trainable] + ([frozen["encoder"]] if "encoder" in frozen else [])
+    return nnx.merge(student_def, *parts)
+
+
+def _teacher(teacher_def, frozen):
+    encoder = frozen.get("teacher_encoder", frozen.get("encoder"))
+    return nnx.merge(teacher_def, frozen["teacher"], encoder)
+
+
+def features_of(batch: dict, num_mel_bins: int) -> jax.Array:
+    """Log-mel features: computed here (on the accelerator) from padded audio, or given."""
+    if "features" in batch:
+        return batch["features"]
+    return log_mel(batch["audio"], num_mel_bins)
+
+
+def _loss_sums(graphs, settings: StepSettings, trainable, frozen, batch, rng, training: bool):
+    student_def, teacher_def = graphs
+    student = _student(student_def, trainable, frozen)
+    features = features_of(batch, settings.num_mel_bins)
+    encoder_out = student.encode(features)
+    if "encoder" in frozen:
+        encoder_out = jax.lax.stop_gradient(encoder_out)
+    dropout = settings.dropout if training else 0.0
+    tokens, labels, mask = batch["decoder_input_ids"], batch["labels"], batch["loss_mask"]
+    student_logits = student.decoder.forward(tokens, encoder_out, dropout, rng)
+    teacher_logits = None
+    if settings.kl_weight:
+        teacher = _teacher(teacher_def, frozen)
+        teacher_in = encoder_out if "teacher_encoder" not in frozen else teacher.encode(features)
+        teacher_logits = jax.lax.stop_gradient(
+            teacher.decoder.forward(tokens, jax.lax.stop_gradient(teacher_in))
+        )
+    return distillation_sums(
+        student_logits,
+        teacher_logits,
+        labels,
+        mask,
+        ce_weight=settings.ce_weight,
+        kl_weight=settings.kl_weight,
+        temperature=settings.temperature,
+    )
+
+
+def _microbatches(batch: dict, count: int) -> dict:
+    """[count, B / count, ...] with microbatch j = rows j, j + count, ...: each device keeps
+    its own rows (the batch is split over devices in contiguous blocks)."""
+
+    def split(x):
+        x = x.reshape(x.shape[0] // count, count, *x.shape[1:])
+        return jnp.moveaxis(x, 1, 0)
+
+    return jax.tree.map(split, batch)
+
+
+def train_step(graphs, settings: StepSettings, optimizer, schedule, state, frozen, batch):
+    """One optimiser step over the global batch; returns (new state, metrics)."""
+    total_tokens = jnp.maximum(batch["loss_mask"].sum(), 1.0)
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    params = state["params"]
+
+    def accumulate(carry, inputs):
+        grads, sums = carry
+        index, microbatch = inputs
+
+        def objective(trainable):
+            parts = _loss_sums(
+                graphs,
+                settings,
+                trainable,
+                frozen,
+                microbatch,
+                jax.random.fold_in(rng, index),
+                True,
+            )
+            return parts["objective"] / total_tokens, parts
+
+        (_, parts), micro_grads = jax.value_and_grad(objective, has_aux=True)(params)
+        grads = jax.tree.map(jnp.add, grads, micro_grads)
+        sums = {name: sums[name] + parts[name] for name in SUMS}
+        return (grads, sums), None
+
+    zero_sums = {name: jnp.zeros((), jnp.float32) for name in SUMS}
+    inputs = (jnp.arange(settings.microbatches), _microbatches(batch, settings.microbatches))
+    carry = (jax.tree.map(jnp.zeros_like, params), zero_sums)
+    (grads, sums), _ = jax.lax.scan(accumulate, carry, inputs)
+
+    updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    loss = sums["objective"] / total_tokens
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = {
+        "step": state["step"] + 1,
+        "opt_step": state["opt_step"] + finite.astype(jnp.int32),
+        "params": keep_if_finite(new_params, params),
+        "opt_state": keep_if_finite(new_opt_state, state["opt_state"]),
+        "rng": state["rng"],
+    }
+    metrics = {
+        "loss": loss,
+        "ce": sums["ce"] / total_tokens,
+        "kl": sums["kl"] / total_tokens,
+        "grad_norm": grad_norm,
+        "param_norm": optax.global_norm(new_state["params"]),
+        "learning_rate": schedule(state["opt_step"]),
+        "tokens": total_tokens,
+        "finite": finite,
+    }
+    return new_state, metrics
+
+
+def eval_sums(graphs, settings: StepSettings, trainable, frozen, batch):
+    """Teacher-forced loss sums and the token count of one eval batch."""
+    parts = _loss_sums(graphs, settings, trainable, frozen, batch, None, False)
+    return {**parts, "tokens": batch["loss_mask"].sum()}
+
+
+def init_train_state(models: DistillModels, optimizer, seed: int) -> dict:
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "opt_step": jnp.zeros((), jnp.int32),
+        "params": models.trainable,
+        "opt_state": optimizer.init(models.trainable),
+        "rng": jax.random.PRNGKey(seed),
+    }
+
+
+def jit_train_step(models, settings, optimizer, schedule, mesh, state, batch_names):
+    """The step under `jax.jit` with pinned in/out shardings and the train state donated."""
+    state_sharding = state_shardings(mesh, state)
+    frozen_sharding = state_shardings(mesh, models.frozen)
+    return jax.jit(
+        functools.partial(train_step, models.graphs, settings, optimizer, schedule),
+        in_shardings=(
+            state_sharding,
+            frozen_sharding,
+            {name: batch_sharding(mesh) for name in batch_names},
+        ),
+        out_shardings=(state_sharding, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(models, settings, mesh, batch_names):
+    trainable_sharding = state_shardings(mesh, models.trainable)
+    frozen_sharding = state_shardings(mesh, models.frozen)
+    return jax.jit(
+        functools.partial(eval_sums, models.graphs, settings),
+        in_shardings=(
+            trainable_sharding,
+            frozen_sharding,
+            {name: batch_sharding(mesh) for name in batch_names},
+        ),
+        out_shardings=replicated(mesh),
+    )
+
+
+def count_params(tree) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def optimizer_state_bytes(opt_state) -> int:
+    """Bytes of optimiser state arrays (the step counters excluded)."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state) if x.ndim > 0)
