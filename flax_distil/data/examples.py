@@ -71,13 +71,19 @@ def _read(raw: RawExample) -> tuple[np.ndarray, int]:
 
 def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Example:
     """The usable example, or raises `Skipped` with the reason."""
-    limits = limits or ExampleFilter()
     if not isinstance(raw.text, str) or not raw.text.strip():
         raise Skipped("bad_label", raw.id, f"label {raw.text!r}")
     if raw.wer_threshold is not None:  # before decoding: rejected audio is never decoded
-        wer = label_wer(raw.ground_truth, raw.text)
-        if wer > raw.wer_threshold:
+        # A stored WER (pseudo-label output's `wer` column) is used as is; NaN never passes.
+        wer = label_wer(raw.ground_truth, raw.text) if raw.stored_wer is None else raw.stored_wer
+        if not wer <= raw.wer_threshold:
             raise Skipped("wer_above_threshold", raw.id, f"WER {wer:.1f}%")
+    return Example(raw.id, decode_audio(raw, limits), raw.text.strip())
+
+
+def decode_audio(raw: RawExample, limits: ExampleFilter | None = None) -> np.ndarray:
+    """The example's audio, mono float32 at 16 kHz, whatever its label; or raises `Skipped`."""
+    limits = limits or ExampleFilter()
     samples, rate = _read(raw)
     if samples.size == 0:
         raise Skipped("empty_audio", raw.id)
@@ -94,7 +100,7 @@ def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Exam
         raise Skipped("too_long", raw.id, f"{seconds:.1f} s")
     if np.abs(audio).max() < limits.silence_peak:
         raise Skipped("silent_audio", raw.id)
-    return Example(raw.id, audio, raw.text.strip())
+    return audio
 
 
 def label_wer(ground_truth, label: str) -> float:

@@ -34,16 +34,24 @@ class SourceSpec:
     text_column: str = "text"
     weight: float = 1.0
     # WER filter (Distil-Whisper keeps pseudo-labels within 10% WER of the ground truth):
+    # computed against `ground_truth_column`, or read from `wer_column` (pseudo-label output).
     ground_truth_column: str | None = None
     wer_threshold: float | None = None  # percent
+    wer_column: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise FlaxDistilError(f"unknown source kind {self.kind!r}; use one of {KINDS}")
         if self.weight <= 0:
             raise FlaxDistilError(f"source {self.path}: weight must be positive")
-        if self.wer_threshold is not None and self.ground_truth_column is None:
-            raise FlaxDistilError(f"source {self.path}: wer_threshold needs ground_truth_column")
+        if self.ground_truth_column is not None and self.wer_column is not None:
+            raise FlaxDistilError(
+                f"source {self.path}: give ground_truth_column or wer_column, not both"
+            )
+        if self.wer_threshold is not None and not (self.ground_truth_column or self.wer_column):
+            raise FlaxDistilError(
+                f"source {self.path}: wer_threshold needs ground_truth_column or wer_column"
+            )
 
 
 def spec_from_argument(dataset: str, **options) -> SourceSpec:
@@ -77,6 +85,7 @@ class RawExample:
     text: object  # validated when the example is prepared
     ground_truth: object = None
     wer_threshold: float | None = None
+    stored_wer: float | None = None  # from the source's wer_column; NaN when missing
 
 
 class Source:
@@ -85,7 +94,8 @@ class Source:
     def __init__(self, spec: SourceSpec):
         self.spec = spec
         self.table = _load_table(spec)
-        wanted = {spec.audio_column, spec.text_column, spec.ground_truth_column} - {None}
+        wanted = {spec.audio_column, spec.text_column, spec.ground_truth_column, spec.wer_column}
+        wanted -= {None}
         missing = wanted - set(self.table.column_names)
         if missing:
             raise FlaxDistilError(
@@ -112,7 +122,16 @@ class Source:
             if self.spec.ground_truth_column
             else None,
             wer_threshold=self.spec.wer_threshold,
+            stored_wer=_as_wer(row.get(self.spec.wer_column)) if self.spec.wer_column else None,
         )
+
+
+def _as_wer(value) -> float:
+    """A stored WER as a float; NaN for a missing or non-numeric value (it never passes)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _load_table(spec: SourceSpec):
