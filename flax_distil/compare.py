@@ -54,9 +54,11 @@ def compare(
     output.mkdir(parents=True, exist_ok=True)
     teacher_model = Transcriber.load(teacher, assistant=student)
     student_model = Transcriber.load(student)
+    slugs = [_slug(name) for name in datasets]
+    if len(set(slugs)) < len(slugs):
+        raise FlaxDistilError(f"dataset names {list(datasets)} clash as file names; rename them")
     results = {}
-    for name, source in datasets.items():
-        slug = _slug(name)
+    for (name, source), slug in zip(datasets.items(), slugs, strict=True):
         loaded = isinstance(source, EvalSet)
         data = source if loaded else load_eval_set(source, options.max_samples)
         runs = {
@@ -185,7 +187,8 @@ def _table(runs: dict, teacher: str, student: str) -> list[str]:
 
 def _speculative_line(t: dict) -> str:
     if t["speculative_identical"]:
-        verdict = f"**identical** to the teacher's greedy output on all {t['num_samples']} clips"
+        n = t["num_samples"]
+        verdict = f"**identical** to the teacher's greedy output on {n} of {n} clips"
     else:
         verdict = (
             f"**different** from the teacher's greedy output on {t['speculative_mismatches']} "
@@ -251,7 +254,15 @@ def _report(teacher, student, results, options, output, num_examples) -> str:
         if t["num_skipped"]:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(t["skipped"].items()))
             header += f" ({t['num_skipped']} rows skipped: {reasons})"
-        lines += ["", header, "", *_table(runs, teacher, student), "", _speculative_line(t), ""]
+        lines += ["", header, "", *_table(runs, teacher, student), ""]
+        for label, run in runs.items():
+            if run["num_hit_max_new_tokens"]:
+                lines.append(
+                    f"The {label}'s decoding stopped at the {options.max_new_tokens}-token limit "
+                    f"on {run['num_hit_max_new_tokens']} of {run['num_samples']} short clips "
+                    "(unfinished, often looping, output; its speed is then not comparable)."
+                )
+        lines += [_speculative_line(t), ""]
         lines.append(f"![WER vs speed]({result['plots'][0]})")
         if options.noise:
             lines += ["", *_noise_table(runs), "", f"![WER vs SNR]({result['plots'][1]})"]

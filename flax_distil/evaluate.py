@@ -6,10 +6,12 @@
 audio or label cannot be used are counted by reason and listed; the rest are scored), transcribes
 the clips in batches (clips over 30 s with chunked long-form decoding), and returns the dict it
 writes to `output_dir/metrics.json`, next to `predictions.jsonl` (one line per scored row).
+The decoded audio is held in memory (about 230 MB per hour of audio).
 
 Metrics (fractions, not percent): `wer` on Whisper-normalised text, `wer_orthographic` on the raw
 text, the WER's `insertion_error_rate`, `substitution_error_rate` and `deletion_error_rate`, and
-`repeated_5gram_count` (5-Dup), defined in `flax_distil.metrics`.
+`repeated_5gram_count` (5-Dup), defined in `flax_distil.metrics`; `num_hit_max_new_tokens`
+counts the short-form clips whose decoding was cut off at `max_new_tokens` (often looping).
 
 Timing: `wall_seconds` covers everything from decoded 16 kHz audio in memory to text: log-mel,
 decoding and detokenising, for every clip (reading and decoding audio files is excluded, as in
@@ -142,6 +144,7 @@ class _Pass:
     wall_seconds: float
     verifications: int = 0
     accepted_drafts: int = 0
+    hit_token_limit: int = 0  # short-form clips whose decoding stopped at max_new_tokens
 
 
 class _Plan:
@@ -188,6 +191,7 @@ def _transcribe(transcriber, plan: _Plan, audio, options, num_draft: int, desc: 
         clips = batch_audio([audio[i] for i in batch])
         generated = transcriber.generate(log_mel(clips, transcriber.config.num_mel_bins), **kwargs)
         for index, row in zip(batch, generated.rows(), strict=True):
+            result.hit_token_limit += eos not in row
             tokens[index] = [t for t in row if t != eos]
             texts[index] = transcriber.text(tokens[index])
         result.verifications += generated.verifications
@@ -239,7 +243,7 @@ def count_parameters(state, decoder_only: bool = False) -> int:
 
 def _speed(audio_seconds: float, wall_seconds: float) -> dict:
     return {
-        "wall_seconds": round(wall_seconds, 4),
+        "wall_seconds": wall_seconds,
         "rtfx": audio_seconds / wall_seconds if wall_seconds > 0 else None,
     }
 
@@ -308,6 +312,7 @@ def evaluate(
         "audio_seconds": round(seconds, 3),
         **transcript_metrics(data.references, greedy.texts),
         **_speed(seconds, greedy.wall_seconds),
+        "num_hit_max_new_tokens": greedy.hit_token_limit,
         "compile_seconds": None,
         "num_parameters": count_parameters(transcriber.state),
         "batch_size": options.batch_size,
@@ -327,7 +332,7 @@ def evaluate(
             num_draft=options.num_draft,
             speculative_identical=all(same),
             speculative_mismatches=same.count(False),
-            speculative_wall_seconds=round(spec.wall_seconds, 4),
+            speculative_wall_seconds=spec.wall_seconds,
             speculative_rtfx=seconds / spec.wall_seconds if spec.wall_seconds else None,
             speculative_speedup=greedy.wall_seconds / spec.wall_seconds,
             mean_accepted_tokens=spec.accepted_drafts / max(spec.verifications, 1),
@@ -347,7 +352,14 @@ def evaluate(
             ]
             run = _transcribe(transcriber, plan, audio, options, 0, desc=f"{snr:g} dB SNR")
             scores = transcript_metrics(data.references, run.texts)
-            results.append({"snr_db": snr, **scores, **_speed(seconds, run.wall_seconds)})
+            results.append(
+                {
+                    "snr_db": snr,
+                    **scores,
+                    **_speed(seconds, run.wall_seconds),
+                    "num_hit_max_new_tokens": run.hit_token_limit,
+                }
+            )
             noisy_predictions[f"predictions_{options.noise}_snr{snr:g}.jsonl"] = run.texts
         metrics["noise"] = {"kind": options.noise, "seed": options.seed, "results": results}
     if output_dir is not None:
