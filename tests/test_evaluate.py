@@ -170,9 +170,10 @@ def test_compare_writes_report_and_plots(real_clips, student_dir, tmp_path):
 
     from flax_distil.compare import compare
 
+    references = reference_transcripts()
+    names = ["LDC93S1.wav", "arctic_a0024.wav"]  # the two short clips keep this test quick
     short = write_audiofolder(
-        tmp_path / "short",
-        [(str(real_clips / name), text) for name, text in sorted(reference_transcripts().items())],
+        tmp_path / "short", [(str(real_clips / name), references[name]) for name in names]
     )
     options = EvaluateOptions(
         batch_size=4, max_new_tokens=MAX_NEW_TOKENS, num_draft=3, noise="white", snr_db=(5,)
@@ -185,7 +186,7 @@ def test_compare_writes_report_and_plots(real_clips, student_dir, tmp_path):
     text = report.read_text()
     assert "| decoding | WER | orthographic WER | RTFx | relative speed | parameters" in text
     assert "| teacher `pypi:tiny.en` |" in text and "(speculative) |" in text
-    assert "output **identical** to the teacher's greedy output on 3 of 3 clips" in text
+    assert "output **identical** to the teacher's greedy output on 2 of 2 clips" in text
     assert "| 5 dB |" in text and "greasy wash water" in text
     for png in ("real_clips_wer_vs_speed.png", "real_clips_wer_vs_snr.png"):
         assert f"]({png})" in text
@@ -197,7 +198,7 @@ def test_compare_writes_report_and_plots(real_clips, student_dir, tmp_path):
     student = summary["real clips"]["runs"]["student"]
     assert teacher["speculative_identical"] is True and teacher["speculative_mismatches"] == 0
     assert teacher["speculative_speedup"] > 0 and teacher["mean_accepted_tokens"] >= 0
-    assert teacher["wer"] < 0.1 and student["num_samples"] == 3
+    assert teacher["wer"] < 0.1 and student["num_samples"] == 2
     assert student["num_parameters"] < teacher["num_parameters"]
     assert teacher["num_hit_max_new_tokens"] == 0  # the teacher ends every clip
     if student["num_hit_max_new_tokens"]:  # the untrained student tends to loop
