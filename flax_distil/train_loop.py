@@ -63,6 +63,8 @@ class Loop:
         config = self.config
         if self.start_step == 0:
             self.writer.hparams(flatten(config.to_dict()))
+            if config.eval.every:
+                self._eval(0)  # the starting point of every eval curve
         pending = None  # (step, metrics on device) not yet read
         interval_start, interval_steps = time.perf_counter(), 0
         last = {}

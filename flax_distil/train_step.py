@@ -189,7 +189,7 @@ def train_step(graphs, settings: StepSettings, optimizer, schedule, state, froze
     updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     loss = sums["objective"] / total_tokens
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def keep_if_finite(new, old):
@@ -207,7 +207,7 @@ def train_step(graphs, settings: StepSettings, optimizer, schedule, state, froze
         "ce": sums["ce"] / total_tokens,
         "kl": sums["kl"] / total_tokens,
         "grad_norm": grad_norm,
-        "param_norm": optax.global_norm(new_state["params"]),
+        "param_norm": optax.tree.norm(new_state["params"]),
         "learning_rate": schedule(state["opt_step"]),
         "tokens": total_tokens,
         "finite": finite,

@@ -4,7 +4,8 @@ Each epoch has one global order, the same on every host: a seeded permutation of
 interleaved by the sources' weights until the first one runs out. The order is cut into blocks
 of `block_size` (the per-host batch size); host h of N reads blocks h, h + N, h + 2N, ...: hosts
 read disjoint shares whose union is the epoch, and N hosts' batches side by side are the batch
-one host would read with N times the batch size. The state
+one host would read with N times the batch size. The epoch's tail that does not fill a whole
+round of N blocks is left out, so all hosts cross into the next epoch at the same batch. The state
 is (epoch, position): restoring it jumps straight to the next example, so nothing skipped is
 decoded again. Unusable examples are skipped, counted by reason and logged.
 """
@@ -74,10 +75,19 @@ class ExampleStream:
         self._order = None
 
     def _epoch_order(self) -> np.ndarray:
+        """This epoch's global order, cut to whole rounds of blocks (one block per host), so
+        that every host starts the next epoch at the same global batch."""
         if self._order is None:
             sizes = [len(source) for source in self.sources]
             weights = [source.spec.weight for source in self.sources]
-            self._order = epoch_order(sizes, weights, self.seed, self.epoch)
+            order = epoch_order(sizes, weights, self.seed, self.epoch)
+            round_size = self.block_size * self.process_count
+            if len(order) < round_size:
+                raise FlaxDistilError(
+                    f"an epoch has {len(order)} examples, fewer than one global batch of "
+                    f"{round_size}: use more data or a smaller batch"
+                )
+            self._order = order[: len(order) - len(order) % round_size]
         return self._order
 
     def __iter__(self):
