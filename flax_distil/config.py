@@ -138,6 +138,11 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
     if value is None and optional:
         return None
     expected = kinds[annotation.split(" |")[0]]
+    if expected == (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) and expected is not bool:
         raise FlaxDistilError(f"{where}: expected {annotation}, got {value!r}")
     if not isinstance(value, expected):
