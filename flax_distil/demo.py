@@ -1,0 +1,182 @@
+"""`flax-distil demo`: the whole pipeline offline on a CPU, each stage timed and resumable.
+
+    flax-distil demo --workdir demo-run [--teacher pypi:tiny.en] [--num-utterances 480]
+
+Stages: synthesise English speech (training sentences from CMU ARCTIC, held-out sentences from
+a different text); pack the training utterances into 30 s windows; pseudo-label the windows
+with the teacher and keep those within 10% WER of the script; create a 2-layer student;
+distil it (`configs/tiny_en_demo.yaml`); then compare teacher, student and speculative decoding
+on the held-out utterances and on three real recordings. A finished stage leaves a record in
+`WORKDIR/stages/`; rerunning skips it, and the training stage resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+from flax_distil.errors import FlaxDistilError
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_en_demo.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    teacher: str = "pypi:tiny.en"
+    num_utterances: int = 480  # training utterances (packed into ~8x fewer windows)
+    num_heldout: int = 48
+    config: str | None = None  # default: configs/tiny_en_demo.yaml of this checkout
+    overrides: tuple[str, ...] = ()  # section.key=value for the training config
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_utterances < 16:
+            raise FlaxDistilError("--num-utterances must be at least 16")
+        if self.num_heldout < 1:
+            raise FlaxDistilError("--num-heldout must be at least 1")
+
+
+class Stages:
+    """Runs named stages once: a finished stage's record (seconds, result) is kept on disk."""
+
+    def __init__(self, workdir: Path):
+        self.directory = workdir / "stages"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, description: str, work):
+        record = self.directory / f"{name}.json"
+        if record.exists():
+            saved = json.loads(record.read_text())
+            print(f"[{name}] done earlier ({saved['seconds']:.0f}s): {description}")
+            self.timings[name] = saved["seconds"]
+            return saved["result"]
+        print(f"[{name}] {description} ...", flush=True)
+        started = time.perf_counter()
+        result = work()
+        seconds = time.perf_counter() - started
+        record.write_text(json.dumps({"seconds": seconds, "result": result}))
+        self.timings[name] = seconds
+        print(f"[{name}] finished in {seconds:.0f}s", flush=True)
+        return result
+
+
+def _config_path(options: DemoOptions) -> Path:
+    path = Path(options.config) if options.config else REPO_CONFIG
+    if not path.is_file():
+        raise FlaxDistilError(
+            f"training config {path} not found: run the demo from a flax-distil checkout or "
+            "pass --config"
+        )
+    return path
+
+
+def _real_recordings() -> Path:
+    return Path(str(resources.files("flax_distil.resources.audio")))
+
+
+def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
+    """Runs (or resumes) every stage; returns paths and timings."""
+    from flax_distil.config import load_config
+    from flax_distil.data import SourceSpec
+    from flax_distil.data.packing import pack_audiofolder
+    from flax_distil.demo_speech import make_demo_data
+    from flax_distil.interop import load_checkpoint, save_hf_checkpoint
+    from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
+    from flax_distil.student import make_student, spaced_layers
+    from flax_distil.train import train
+
+    workdir = Path(workdir)
+    config_path = _config_path(options)
+    data = workdir / "data"
+    stages = Stages(workdir)
+    started = time.perf_counter()
+
+    def speech():
+        make_demo_data(data / "train", options.num_utterances, seed=options.seed, text="arctic")
+        make_demo_data(data / "heldout", options.num_heldout, seed=options.seed, text="nowhere")
+        return {"train": str(data / "train"), "heldout": str(data / "heldout")}
+
+    stages.run(
+        "speech",
+        f"synthesising {options.num_utterances} + {options.num_heldout} utterances (Piper)",
+        speech,
+    )
+    stages.run(
+        "pack",
+        "packing training utterances into 30 s windows",
+        lambda: str(pack_audiofolder(data / "train", data / "windows")),
+    )
+
+    def label():
+        summary = pseudo_label(
+            options.teacher,
+            SourceSpec("audiofolder", str(data / "windows")),
+            data / "labels",
+            PseudoLabelOptions(batch_size=8, shard_size=64, wer_threshold=10.0),
+        )
+        return {k: summary[k] for k in ("examples", "kept", "mean_wer", "audio_hours")}
+
+    labels = stages.run(
+        "pseudo-label", f"pseudo-labelling the windows with {options.teacher}", label
+    )
+    print(
+        f"    {labels['kept']} of {labels['examples']} windows within 10% WER "
+        f"(teacher's mean WER {labels['mean_wer']:.1f}%)"
+    )
+
+    def student():
+        teacher = load_checkpoint(options.teacher)
+        layers = spaced_layers(teacher.config.decoder_layers, 2)
+        made = make_student(teacher, decoder_layer_ids=layers)
+        save_hf_checkpoint(made, workdir / "student-init")
+        return {"path": str(workdir / "student-init"), "decoder_layers": layers}
+
+    initial = stages.run("create-student", "creating a 2-layer student", student)
+
+    overrides = [
+        f"model.teacher={options.teacher}",
+        f"model.student={initial['path']}",
+        "data.train=[{kind: parquet, path: " + str(data / "labels") + ", text_column: "
+        "whisper_transcript, wer_column: wer, wer_threshold: 10}]",
+        "data.eval=[{kind: audiofolder, path: " + str(data / "heldout") + ", name: heldout}]",
+        *options.overrides,
+    ]
+    config = load_config(config_path, overrides)
+    run_dir = workdir / "train"
+
+    def distil():
+        result = train(config, run_dir)
+        return {"eval": result["eval"], "student": str(run_dir / "student")}
+
+    trained = stages.run(
+        "train", f"distilling for {config.train.num_steps} steps ({config_path.name})", distil
+    )
+
+    def report():
+        from flax_distil.compare import compare
+        from flax_distil.evaluate import EvaluateOptions
+
+        datasets = {
+            "heldout": SourceSpec("audiofolder", str(data / "heldout")),
+            "real": SourceSpec("audiofolder", str(_real_recordings())),
+        }
+        evaluate = EvaluateOptions(batch_size=16, max_new_tokens=128)
+        return str(
+            compare(options.teacher, trained["student"], datasets, workdir / "report", evaluate)
+        )
+
+    report_path = stages.run(
+        "compare", "comparing teacher, student and speculative decoding", report
+    )
+    total = time.perf_counter() - started
+    print(
+        f"\ndemo finished in {total / 60:.1f} min (stage times: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in stages.timings.items())
+        + f")\n  report:      {report_path}\n  student:     {trained['student']}\n"
+        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}"
+    )
+    return {"report": report_path, "student": trained["student"], "timings": stages.timings}
