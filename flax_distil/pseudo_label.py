@@ -114,6 +114,8 @@ def pseudo_label(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     output = Path(output_dir)
+    if getattr(spec, "streaming", False):
+        raise FlaxDistilError("pseudo-labelling needs a map-style source (streaming=False)")
     source = Source(spec)
     num_shards = math.ceil(len(source) / options.shard_size)
     if num_shards == 0:
