@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -308,3 +309,27 @@ def test_rerun_with_a_different_model_is_refused(tiny_teacher, corpus, tmp_path)
     changed = settings(tiny_teacher, corpus, **{"model.student_decoder_layers": 1})
     with pytest.raises(FlaxDistilError, match=r"different model\.student_decoder_layers"):
         train(load_config(None, changed), tmp_path)
+
+
+def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
+    from flax_distil.train_step import jit_eval_step
+
+    config = load_config(None, settings(tiny_teacher, corpus, **{"model.dropout": 0.3}))
+    run = build_run(config, tmp_path)
+    optimizer, schedule = make_optimizer(config.train)
+    state, _ = sharded_state(run, optimizer)
+    batch = fixed_batch(run)
+    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
+    sums = jit_eval_step(run.models, run.settings, run.mesh, batch)(
+        state["params"], run.models.frozen, batch
+    )
+    no_dropout = float(sums["objective"] / sums["tokens"])
+
+    def first_loss(seed):
+        fresh = jax.tree.map(jnp.copy, state)
+        fresh["rng"] = jax.random.PRNGKey(seed)
+        return float(step(fresh, run.models.frozen, batch)[1]["loss"])
+
+    assert first_loss(0) == first_loss(0)  # the same seed drops the same units
+    assert first_loss(0) != first_loss(1)
+    assert no_dropout not in (first_loss(0), first_loss(1))  # eval runs without dropout
