@@ -9,6 +9,7 @@ one-line errors naming the key, raised before anything touches a device. Nothing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -139,10 +140,8 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
         return None
     expected = kinds[annotation.split(" |")[0]]
     if expected == (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 3e-4 (no dot) as a string
             value = float(value)
-        except ValueError:
-            pass
     if isinstance(value, bool) and expected is not bool:
         raise FlaxDistilError(f"{where}: expected {annotation}, got {value!r}")
     if not isinstance(value, expected):

@@ -46,8 +46,8 @@ def test_demo_runs_every_stage_learns_and_resumes(tmp_path, capsys):
     teacher = comparison["heldout"]["runs"]["teacher"]
     assert teacher["speculative_identical"] is True and teacher["num_samples"] == 8
 
-    features = np.zeros((1, 80, 3000), np.float32)
-    _, _, info = torch_forward(workdir / "train" / "student", features, np.array([[50257]]), tmp_path)
+    features, tokens = np.zeros((1, 80, 3000), np.float32), np.array([[50257]])
+    _, _, info = torch_forward(workdir / "train" / "student", features, tokens, tmp_path)
     assert not any(info.values()), info  # transformers loads the exported student exactly
 
     capsys.readouterr()
