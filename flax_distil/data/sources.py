@@ -1,4 +1,4 @@
-"""Dataset sources, all read as map-style tables of (id, audio, text) with the audio undecoded.
+"""Dataset sources: tables of (id, audio, text) rows with the audio undecoded.
 
 Kinds:
 - `hub`: a Hugging Face dataset (`name`, `config`, `split`) via `datasets.load_dataset`;
@@ -8,6 +8,11 @@ Kinds:
 
 datasets 5 decodes audio only through torchcodec, so audio columns are read with
 `Audio(decode=False)` (bytes and/or a path) and decoded by `flax_distil.data.examples`.
+
+Sources are map-style (`len`, `[i]`), except `hub` and `parquet` sources with `streaming=True`:
+those are read as a `datasets.IterableDataset`, one pass per epoch in a seeded shuffled order
+(`stream_rows`), for datasets too large to download first; `ExampleStream` shards, mixes and
+resumes them as it does map-style ones.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from flax_distil.errors import FlaxDistilError
 
 KINDS = ("hub", "parquet", "audiofolder", "jsonl")
+STREAMING_KINDS = ("hub", "parquet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +44,21 @@ class SourceSpec:
     ground_truth_column: str | None = None
     wer_threshold: float | None = None  # percent
     wer_column: str | None = None
+    # Streaming (hub and parquet): read as an IterableDataset, shuffled through a buffer of
+    # `shuffle_buffer` rows (and the shard order), reseeded every epoch.
+    streaming: bool = False
+    shuffle_buffer: int = 1000
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise FlaxDistilError(f"unknown source kind {self.kind!r}; use one of {KINDS}")
+        if self.streaming and self.kind not in STREAMING_KINDS:
+            raise FlaxDistilError(
+                f"source {self.path}: streaming applies to {' and '.join(STREAMING_KINDS)} "
+                f"sources, not {self.kind}"
+            )
+        if self.shuffle_buffer < 1:
+            raise FlaxDistilError(f"source {self.path}: shuffle_buffer must be at least 1")
         if self.weight <= 0:
             raise FlaxDistilError(f"source {self.path}: weight must be positive")
         if self.ground_truth_column is not None and self.wer_column is not None:
@@ -89,32 +106,64 @@ class RawExample:
 
 
 class Source:
-    """Random access to a source's rows (`len`, `[i]`), audio left undecoded."""
+    """Random access to a source's rows (`len`, `[i]`), audio left undecoded; a streaming
+    source has neither and gives its rows one epoch at a time (`stream_rows`)."""
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec
+        self.streaming = spec.streaming
         self.table = _load_table(spec)
+        if self.table.column_names is not None:  # a streaming dataset may not know them yet
+            self._check_columns(self.table.column_names)
+
+    def _check_columns(self, names) -> None:
+        spec = self.spec
         wanted = {spec.audio_column, spec.text_column, spec.ground_truth_column, spec.wer_column}
-        wanted -= {None}
-        missing = wanted - set(self.table.column_names)
+        missing = wanted - {None} - set(names)
         if missing:
             raise FlaxDistilError(
                 f"source {spec.path}: no column(s) {sorted(missing)}; it has "
-                f"{self.table.column_names} (set audio_column / text_column)"
+                f"{list(names)} (set audio_column / text_column)"
+            )
+
+    def _map_style(self) -> None:
+        if self.streaming:
+            raise FlaxDistilError(
+                f"source {self.spec.path} is streaming: it has no length or random access "
+                "(set streaming: false)"
             )
 
     def __len__(self) -> int:
+        self._map_style()
         return len(self.table)
 
     def __getitem__(self, index: int) -> RawExample:
-        row = self.table[int(index)]
+        self._map_style()
+        return self.raw_example(self.table[int(index)], f"{self.spec.path}#{index}")
+
+    def stream_rows(self, seed: int, epoch: int):
+        """A streaming source's rows for one epoch, as dicts, in a shuffled order that depends
+        only on (`seed`, `epoch`): datasets' seeded shard order and shuffle buffer. Shards are
+        read one after another (datasets' interleaving of several input shards waits 5 s each
+        time an iterator closes: every epoch and every restore)."""
+        shuffled = self.table.shuffle(
+            seed=seed, buffer_size=self.spec.shuffle_buffer, max_buffer_input_shards=1
+        )
+        shuffled.set_epoch(epoch)
+        for number, row in enumerate(shuffled):
+            if number == 0:
+                self._check_columns(row)
+            yield row
+
+    def raw_example(self, row: dict, example_id: str) -> RawExample:
+        """A table row as a `RawExample` (its audio still encoded)."""
         audio = row[self.spec.audio_column]
         if isinstance(audio, dict):
             audio_bytes, audio_path = audio.get("bytes"), audio.get("path")
         else:
             audio_bytes, audio_path = None, audio
         return RawExample(
-            id=f"{self.spec.path}#{index}",
+            id=example_id,
             audio_bytes=audio_bytes,
             audio_path=audio_path,
             text=row.get(self.spec.text_column),  # a missing label is skipped as bad_label
@@ -124,6 +173,14 @@ class Source:
             wer_threshold=self.spec.wer_threshold,
             stored_wer=_as_wer(row.get(self.spec.wer_column)) if self.spec.wer_column else None,
         )
+
+    def streamed_example(self, row: dict, epoch: int, number: int) -> RawExample:
+        """The `number`-th row of a streaming source's `epoch`, named by its audio file when the
+        row has one (a streamed row has no stable index)."""
+        audio = row.get(self.spec.audio_column)
+        path = audio.get("path") if isinstance(audio, dict) else audio
+        name = path if isinstance(path, str) and path else f"epoch{epoch}.row{number}"
+        return self.raw_example(row, f"{self.spec.path}#{name}")
 
 
 def _as_wer(value) -> float:
@@ -141,16 +198,17 @@ def _load_table(spec: SourceSpec):
         return _Rows(_audiofolder_rows(Path(spec.path), spec))
     if spec.kind == "jsonl":
         return _Rows(_jsonl_rows(Path(spec.path), spec))
+    streaming = {"streaming": True} if spec.streaming else {}
     try:
         if spec.kind == "parquet":
             path = Path(spec.path)
             files = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else spec.path
-            table = datasets.load_dataset("parquet", data_files=files, split="train")
+            table = datasets.load_dataset("parquet", data_files=files, split="train", **streaming)
         else:
-            table = datasets.load_dataset(spec.path, spec.config, split=spec.split)
+            table = datasets.load_dataset(spec.path, spec.config, split=spec.split, **streaming)
     except Exception as error:  # datasets raises a zoo of types for missing or bad data
         raise FlaxDistilError(f"source {spec.path}: cannot load ({error})") from error
-    if isinstance(table.features.get(spec.audio_column), datasets.Audio):
+    if isinstance((table.features or {}).get(spec.audio_column), datasets.Audio):
         table = table.cast_column(spec.audio_column, datasets.Audio(decode=False))
     return table
 
