@@ -98,7 +98,8 @@ def _create_student(args: argparse.Namespace) -> None:
 
 def _pseudo_label(args: argparse.Namespace) -> None:
     from flax_distil.data import spec_from_argument
-    from flax_distil.pseudo_label import PseudoLabelOptions, join_processes, pseudo_label
+    from flax_distil.distributed import join_processes
+    from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
 
     options = PseudoLabelOptions(
         batch_size=args.batch_size,
@@ -247,7 +248,7 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from flax_distil.config import load_config
-    from flax_distil.pseudo_label import join_processes
+    from flax_distil.distributed import join_processes
     from flax_distil.train import train
 
     config = load_config(args.config, args.overrides)  # validated before any device work
