@@ -27,6 +27,7 @@ import logging
 import numpy as np
 
 from flax_distil.data.examples import (
+    FILTER_REASONS,
     Example,
     ExampleFilter,
     SkipCounter,
@@ -149,7 +150,8 @@ class ExampleStream:
         try:
             example = decode_example(raw, self.limits)
         except Skipped as skipped:
-            log.warning("skipping %s", skipped)
+            level = logging.DEBUG if skipped.reason in FILTER_REASONS else logging.WARNING
+            log.log(level, "skipping %s", skipped)
             self.skipped.record(skipped)
             return None
         self.skipped.record(None)
