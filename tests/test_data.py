@@ -248,3 +248,15 @@ def test_dataset_argument_names_its_kind(corpus, tmp_path):
     assert spec_from_argument("org/some-dataset", split="test").kind == "hub"
     with pytest.raises(FlaxDistilError, match="not a dataset"):
         spec_from_argument(str(tmp_path))
+
+
+def test_wer_filtering_is_not_counted_as_broken_data():
+    from flax_distil.data.examples import SkipCounter, Skipped
+
+    counter = SkipCounter(max_skip_ratio=0.5, min_seen=10)
+    for index in range(100):  # 60% filtered on purpose, 10% broken: fine
+        reason = "wer_above_threshold" if index < 60 else "unreadable_audio" if index < 70 else None
+        counter.record(Skipped(reason, str(index)) if reason else None)
+    with pytest.raises(FlaxDistilError, match="mostly broken"):
+        for index in range(100):
+            counter.record(Skipped("unreadable_audio", f"bad{index}"))
