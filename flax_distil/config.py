@@ -39,6 +39,7 @@ class DataConfig:
     max_label_length: int = 128
     long_labels: str = "drop"  # or truncate
     features_on: str = "device"  # or host
+    cache_encoder_outputs: bool = False  # keep the frozen encoder's outputs in host memory
     min_seconds: float = 0.0
     max_seconds: float = 30.0
     max_skip_ratio: float = 0.5

@@ -165,7 +165,13 @@ def batch_shapes(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
         "labels": ((batch, length), jnp.int32),
         "loss_mask": ((batch, length), jnp.float32),
     }
-    if run.config.data.features_on == "device":
+    if run.config.data.cache_encoder_outputs:
+        student = run.student_checkpoint.config
+        shapes["encoder_out"] = (
+            (batch, student.max_source_positions, student.d_model),
+            jnp.float32,
+        )
+    elif run.config.data.features_on == "device":
         shapes["audio"] = ((batch, 480000), jnp.float32)
     else:
         shapes["features"] = ((batch, run.settings.num_mel_bins, 3000), jnp.float32)

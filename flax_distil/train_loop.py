@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_distil import checkpointing, sharding
+from flax_distil.encoder_cache import EncoderCache
 from flax_distil.errors import FlaxDistilError
 from flax_distil.metric_writer import MetricWriter, flatten
 from flax_distil.train import (
@@ -43,6 +44,9 @@ class Loop:
         self.start_step = self._resume(state_shardings)
         self.writer = MetricWriter(run.workdir, resume_step=self.start_step)
         self.evaluate = make_eval(run)
+        self.encoder_cache = None
+        if self.config.data.cache_encoder_outputs:
+            self.encoder_cache = EncoderCache(run.models, run.settings.num_mel_bins, run.mesh)
         self.preemption = Preemption()
         self.flops_per_step = step_flops(run)
         self.peak = peak_flops(run)
@@ -80,6 +84,8 @@ class Loop:
             arrays = sharding.global_batch(
                 self.job.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS}
             )
+            if self.encoder_cache is not None:
+                arrays = self.encoder_cache.step_inputs(batch["ids"], arrays, self.job.models)
             self.state, metrics = self.step_fn(self.state, self.job.models.frozen, arrays)
             if pending is not None:
                 last = self._check(*pending)

@@ -55,6 +55,7 @@ class DistillModels:
     teacher_def: nnx.GraphDef
     trainable: nnx.State
     frozen: dict
+    encoder_def: nnx.GraphDef  # the student's encoder alone (see `encoder_cache`)
 
     @classmethod
     def build(cls, student, teacher, *, freeze_encoder: bool = True) -> DistillModels:
@@ -75,7 +76,8 @@ class DistillModels:
         frozen["teacher"] = teacher_decoder
         if not shares_encoder(student, teacher, freeze_encoder):
             frozen["teacher_encoder"] = teacher_encoder
-        return cls(student_def, teacher_def, trainable, frozen)
+        encoder_def = nnx.graphdef(student.encoder)
+        return cls(student_def, teacher_def, trainable, frozen, encoder_def)
 
     @property
     def graphs(self) -> tuple[nnx.GraphDef, nnx.GraphDef]:
@@ -118,8 +120,11 @@ def features_of(batch: dict, num_mel_bins: int) -> jax.Array:
 def _loss_sums(graphs, settings: StepSettings, trainable, frozen, batch, rng, training: bool):
     student_def, teacher_def = graphs
     student = _student(student_def, trainable, frozen)
-    features = features_of(batch, settings.num_mel_bins)
-    encoder_out = student.encode(features)
+    if "encoder_out" in batch:  # the frozen encoder's output, cached by the caller
+        encoder_out, features = batch["encoder_out"], None
+    else:
+        features = features_of(batch, settings.num_mel_bins)
+        encoder_out = student.encode(features)
     if "encoder" in frozen:
         encoder_out = jax.lax.stop_gradient(encoder_out)
     dropout = settings.dropout if training else 0.0

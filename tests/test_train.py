@@ -333,3 +333,26 @@ def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
     assert first_loss(0) == first_loss(0)  # the same seed drops the same units
     assert first_loss(0) != first_loss(1)
     assert no_dropout not in (first_loss(0), first_loss(1))  # eval runs without dropout
+
+
+def test_cached_encoder_outputs_train_like_the_encoder(tiny_teacher, corpus, tmp_path, monkeypatch):
+    from flax_distil import encoder_cache
+
+    caches = []
+    real_init = encoder_cache.EncoderCache.__init__
+
+    def remember(self, *args):
+        real_init(self, *args)
+        caches.append(self)
+
+    monkeypatch.setattr(encoder_cache.EncoderCache, "__init__", remember)
+    steps = {"train.num_steps": 6}
+    train(load_config(None, settings(tiny_teacher, corpus, **steps)), tmp_path / "live")
+    cached = {**steps, "data.cache_encoder_outputs": True}
+    train(load_config(None, settings(tiny_teacher, corpus, **cached)), tmp_path / "cached")
+    live = [r["loss"] for r in read_metrics(tmp_path / "live")]
+    np.testing.assert_allclose(
+        [r["loss"] for r in read_metrics(tmp_path / "cached")], live, rtol=1e-5
+    )
+    (cache,) = caches
+    assert len(cache.store) <= 20 and cache.encoded < 6 * 8  # later epochs reuse outputs
