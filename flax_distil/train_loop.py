@@ -117,9 +117,10 @@ class Loop:
         progress.close()
         if pending is not None:
             last = self._check(*pending)
-        if step_reached := int(self.state["step"]) == config.train.num_steps:
+        finished = int(self.state["step"]) == config.train.num_steps
+        if finished:
             export_student(self.job, self.state["params"], self.job.workdir / "student")
-        return {"train": last, "eval": self.last_eval, "finished": step_reached}
+        return {"train": last, "eval": self.last_eval, "finished": finished}
 
     def _check(self, step: int, metrics) -> dict:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
