@@ -19,13 +19,15 @@ from flax_distil.audio import SAMPLE_RATE, load_audio
 from flax_distil.errors import FlaxDistilError
 
 
-def _windows(rows: list[dict], durations: list[float], max_seconds: float, gap: float, words: int):
-    """Consecutive groups of rows whose audio (with gaps) and word count fit one window."""
+def _windows(rows, durations, max_seconds: float, gap: float, words: int, sizes: np.ndarray):
+    """Consecutive groups of rows: window i takes up to sizes[i] utterances, as many as fit
+    its audio (with gaps) and word budget."""
     groups, current, seconds, count = [], [], 0.0, 0
     for row, duration in zip(rows, durations, strict=True):
         length = len(row["text"].split())
         extra = duration + (gap if current else 0.0)
-        if current and (seconds + extra > max_seconds or count + length > words):
+        full = len(current) == sizes[len(groups) % len(sizes)]
+        if current and (full or seconds + extra > max_seconds or count + length > words):
             groups.append(current)
             current, seconds, count, extra = [], 0.0, 0, duration
         current.append(row)
@@ -43,11 +45,16 @@ def pack_audiofolder(
     max_seconds: float = 28.0,
     gap_seconds: float = 0.4,
     max_words: int = 70,
+    max_utterances: int = 8,
+    seed: int = 0,
 ) -> Path:
     """Writes `output/metadata.csv` (file_name, text, utterances) and `output/clips/*.flac`.
 
-    Utterances longer than `max_seconds` get a window of their own (the data filters decide
-    what to do with them); `max_words` keeps a window's transcript within the label length."""
+    Each window holds a random number of utterances, 1 to `max_utterances` (seeded): windows
+    that end after one sentence teach the student to stop when the speech stops, as single
+    clips need. Utterances longer than `max_seconds` get a window of their own (the data
+    filters decide what to do with them); `max_words` keeps a transcript within the label
+    length."""
     import soundfile
 
     source, output = Path(source), Path(output)
@@ -63,7 +70,8 @@ def pack_audiofolder(
         for row in tqdm(rows, desc="reading utterances", unit="utt", leave=False)
     }
     durations = [len(clips[row["file_name"]]) / SAMPLE_RATE for row in rows]
-    groups = _windows(rows, durations, max_seconds, gap_seconds, max_words)
+    sizes = np.random.default_rng(seed).integers(1, max_utterances + 1, size=len(rows))
+    groups = _windows(rows, durations, max_seconds, gap_seconds, max_words, sizes)
     silence = np.zeros(int(gap_seconds * SAMPLE_RATE), np.float32)
     (output / "clips").mkdir(parents=True, exist_ok=True)
     records = []
