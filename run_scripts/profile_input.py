@@ -71,12 +71,13 @@ def main() -> None:
         return sharding.global_batch(run.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS})
 
     step_fn = None
-    pending, waits, steps = None, [], []
+    pending, waits, steps, ready = None, [], [], []
     tracing = False
     for step in range(args.warmup + args.steps):
         if step == args.warmup and args.trace:
             jax.profiler.start_trace(args.trace)
             tracing = True
+        queued = batches._queue.qsize() if batches._queue is not None else 0  # ready batches
         started = time.perf_counter()
         with jax.profiler.TraceAnnotation("next_batch"):
             batch = next(batches)
@@ -94,13 +95,16 @@ def main() -> None:
         if step >= args.warmup:
             waits.append(waited)
             steps.append(time.perf_counter() - started)
+            ready.append(queued > 0)
         print(
-            f"step {step + 1}: waited {waited * 1e3:.2f} ms for the batch, step "
+            f"step {step + 1}: {queued} batches ready, waited {waited * 1e3:.2f} ms, step "
             f"{time.perf_counter() - started:.2f} s{' (warm-up)' if step < args.warmup else ''}",
             flush=True,
         )
         if args.json and waits:
-            Path(args.json).write_text(json.dumps({"wait_s": waits, "step_s": steps}))
+            Path(args.json).write_text(
+                json.dumps({"wait_s": waits, "step_s": steps, "ready": ready})
+            )
     loss = float(pending["loss"])
     if tracing:
         jax.profiler.stop_trace()
@@ -108,7 +112,8 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     total_wait, total_steps = sum(waits), sum(steps)
     print(
-        f"{args.teacher} -> 2-layer student, batch {args.batch_size}, {cores} CPU cores, "
+        f"{'random d_model-64 teacher' if args.tiny_teacher else args.teacher} -> 2-layer "
+        f"student, batch {args.batch_size}, {cores} CPU cores, "
         f"prefetch {config.data.prefetch}, {args.steps} steps after {args.warmup} warm-up"
     )
     print(
@@ -119,7 +124,8 @@ def main() -> None:
         f"input wait (inside next(batches)): total {total_wait * 1e3:.1f} ms = "
         f"{100 * total_wait / total_steps:.3f}% of the step time; median "
         f"{statistics.median(waits) * 1e3:.3f} ms, max {max(waits) * 1e3:.2f} ms; steps that "
-        f"waited > 1 ms: {sum(w > 1e-3 for w in waits)}"
+        f"waited > 1 ms: {sum(w > 1e-3 for w in waits)}; a batch was already queued at "
+        f"{sum(ready)} of {len(ready)} steps"
     )
 
 
