@@ -87,6 +87,18 @@ def prepare_workdir(config: Config, workdir: str | Path) -> Path:
 # Phase 2: models ---------------------------------------------------------------------------
 
 
+def step_settings(config: Config, num_mel_bins: int) -> StepSettings:
+    """The compiled step's static settings from the config's loss, train and model sections."""
+    return StepSettings(
+        ce_weight=config.loss.ce_weight,
+        kl_weight=config.loss.kl_weight,
+        temperature=config.loss.temperature,
+        microbatches=config.train.microbatches,
+        dropout=config.model.dropout,
+        num_mel_bins=num_mel_bins,
+    )
+
+
 def build_run(config: Config, workdir: Path, devices=None) -> Run:
     from flax_distil.interop import build_model, load_checkpoint
     from flax_distil.student import make_student, spaced_layers
@@ -105,14 +117,7 @@ def build_run(config: Config, workdir: Path, devices=None) -> Run:
     student = build_model(student_checkpoint, dtype=dtype)
     student.encoder.remat, student.decoder.remat = model.remat_encoder, model.remat_decoder
     models = DistillModels.build(student, teacher, freeze_encoder=model.freeze_encoder)
-    settings = StepSettings(
-        ce_weight=config.loss.ce_weight,
-        kl_weight=config.loss.kl_weight,
-        temperature=config.loss.temperature,
-        microbatches=config.train.microbatches,
-        dropout=model.dropout,
-        num_mel_bins=student.config.num_mel_bins,
-    )
+    settings = step_settings(config, student.config.num_mel_bins)
     prompt = decoder_prompt(
         student_checkpoint.tokenizer,
         multilingual=student.config.is_multilingual,

@@ -107,7 +107,7 @@ def main() -> int:
     from flax_distil import flops, sharding, train
     from flax_distil.config import load_config
     from flax_distil.optimizer import make_optimizer
-    from flax_distil.train_step import DistillModels, StepSettings
+    from flax_distil.train_step import DistillModels
 
     config = load_config(args.config, args.overrides)
     devices = jax.devices()[:1]
@@ -133,14 +133,7 @@ def main() -> int:
     student_config, teacher_config = student.config, teacher.config
     models = DistillModels.build(student, teacher, freeze_encoder=model.freeze_encoder)
     del student, teacher  # the teacher's encoder (the student's copy is shared) can go
-    settings = StepSettings(
-        ce_weight=config.loss.ce_weight,
-        kl_weight=config.loss.kl_weight,
-        temperature=config.loss.temperature,
-        microbatches=config.train.microbatches,
-        dropout=model.dropout,
-        num_mel_bins=student_config.num_mel_bins,
-    )
+    settings = train.step_settings(config, student_config.num_mel_bins)
     mesh = sharding.make_mesh(1, 1, devices)
     run = train.Run(config, Path("."), None, None, models, mesh, settings, [])
     optimizer, schedule = make_optimizer(config.train)

@@ -137,27 +137,6 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
     def teacher_logits(frozen, encoder_out, tokens):
         return ts._teacher(teacher_def, frozen).decoder.forward(tokens, encoder_out)
 
-    def objective(trainable, frozen, encoder_out, teacher_out, batch):
-        student = ts._student(student_def, trainable, frozen)
-        logits = student.decoder.forward(batch["decoder_input_ids"], encoder_out)
-        sums = distillation_sums(
-            logits,
-            teacher_out,
-            batch["labels"],
-            batch["loss_mask"],
-            ce_weight=settings.ce_weight,
-            kl_weight=settings.kl_weight,
-            temperature=settings.temperature,
-        )
-        return sums["objective"] / batch["loss_mask"].sum()
-
-    student_grad = jax.jit(jax.value_and_grad(objective))
-
-    @jax.jit
-    def student_forward(trainable, frozen, encoder_out, tokens):
-        student = ts._student(student_def, trainable, frozen)
-        return student.decoder.forward(tokens, encoder_out)
-
     def loss_only(student_out, teacher_out, batch):
         sums = distillation_sums(
             student_out,
@@ -169,6 +148,18 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
             temperature=settings.temperature,
         )
         return sums["objective"] / batch["loss_mask"].sum()
+
+    def objective(trainable, frozen, encoder_out, teacher_out, batch):
+        student = ts._student(student_def, trainable, frozen)
+        logits = student.decoder.forward(batch["decoder_input_ids"], encoder_out)
+        return loss_only(logits, teacher_out, batch)
+
+    student_grad = jax.jit(jax.value_and_grad(objective))
+
+    @jax.jit
+    def student_forward(trainable, frozen, encoder_out, tokens):
+        student = ts._student(student_def, trainable, frozen)
+        return student.decoder.forward(tokens, encoder_out)
 
     loss_grad = jax.jit(jax.value_and_grad(loss_only))
 
