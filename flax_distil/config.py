@@ -37,6 +37,8 @@ class DataConfig:
     eval: tuple[dict, ...] = ()  # the same, plus an optional `name`
     language: str | None = "en"  # decoder prompt language (multilingual teachers)
     max_label_length: int = 128
+    label_bucket: int = 0  # 0: labels padded to max_label_length; k: to the batch's longest, in k's
+    length_groups: int = 1  # batches read together and sorted by label length
     long_labels: str = "drop"  # or truncate
     features_on: str = "device"  # or host
     cache_encoder_outputs: bool = False  # keep the frozen encoder's outputs in host memory
@@ -267,6 +269,8 @@ def validate(config: Config) -> None:
     _require(config.eval.every >= 0, "eval.every must be >= 0")
     _require(config.log.every >= 1, "log.every must be >= 1")
     _require(config.data.max_label_length >= 8, "data.max_label_length must be at least 8")
+    _require(config.data.label_bucket >= 0, "data.label_bucket must be >= 0 (0: no buckets)")
+    _require(config.data.length_groups >= 1, "data.length_groups must be >= 1")
     for index, spec in enumerate(config.data.train + config.data.eval):
         _require(
             "kind" in spec and "path" in spec,

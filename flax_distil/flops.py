@@ -43,11 +43,17 @@ def decoder_flops(config: WhisperConfig, length: int) -> float:
 
 
 def train_step_flops(
-    student: WhisperConfig, teacher: WhisperConfig, batch: int, length: int, kl: bool = True
+    student: WhisperConfig,
+    teacher: WhisperConfig,
+    batch: int,
+    length: int,
+    kl: bool = True,
+    encoder: bool = True,
 ) -> float:
-    """FLOPs of one distillation step: frozen encoder forward, teacher decoder forward (for the
-    KL term) and the student decoder's forward and backward (2x forward)."""
-    per_example = encoder_flops(student) + 3 * decoder_flops(student, length)
+    """FLOPs of one distillation step: frozen encoder forward (unless its outputs are cached),
+    teacher decoder forward (for the KL term) and the student decoder's forward and backward
+    (2x forward)."""
+    per_example = encoder * encoder_flops(student) + 3 * decoder_flops(student, length)
     if kl:
         per_example += decoder_flops(teacher, length)
     return batch * per_example

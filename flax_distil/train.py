@@ -154,6 +154,8 @@ def train_batches(run: Run) -> Batches:
     spec = BatchSpec(
         batch_size=host_batch,
         max_label_length=data.max_label_length,
+        label_bucket=data.label_bucket,
+        length_groups=data.length_groups,
         long_labels=data.long_labels,
         features_on=data.features_on,
         num_mel_bins=run.settings.num_mel_bins,
@@ -315,13 +317,14 @@ def peak_flops(run: Run) -> float:
     return flops.matmul_flops_per_second(dtype=dtype) * jax.local_device_count()
 
 
-def step_flops(run: Run) -> float:
+def step_flops(run: Run, label_length: int | None = None) -> float:
     return flops.train_step_flops(
         run.student_checkpoint.config,
         run.teacher_checkpoint.config,
         run.config.train.batch_size,
-        run.config.data.max_label_length,
+        label_length or run.config.data.max_label_length,
         kl=run.settings.kl_weight > 0,
+        encoder=not run.config.data.cache_encoder_outputs,
     )
 
 

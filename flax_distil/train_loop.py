@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_distil import checkpointing, sharding
+from flax_distil.data.batches import pad_labels
 from flax_distil.encoder_cache import EncoderCache
 from flax_distil.errors import FlaxDistilError
 from flax_distil.metric_writer import MetricWriter, flatten
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 LOGGED = ("loss", "ce", "kl", "grad_norm", "param_norm", "learning_rate")
 
 
+def agreed_label_length(local_length: int) -> int:
+    """The longest label length over all processes (their rows form one global array)."""
+    from jax.experimental import multihost_utils
+
+    lengths = multihost_utils.process_allgather(np.int32(local_length))
+    return int(np.max(lengths))
+
+
 class Loop:
     def __init__(self, run: Run, step_fn, schedule, state, state_shardings):
         self.job, self.step_fn, self.state = run, step_fn, state
@@ -48,7 +57,6 @@ class Loop:
         if self.config.data.cache_encoder_outputs:
             self.encoder_cache = EncoderCache(run.models, run.settings.num_mel_bins, run.mesh)
         self.preemption = Preemption()
-        self.flops_per_step = step_flops(run)
         self.peak = peak_flops(run)
         self.skipped_steps = 0
         self.last_eval: dict = {}
@@ -70,7 +78,7 @@ class Loop:
             if config.eval.every:
                 self._eval(0)  # the starting point of every eval curve
         pending = None  # (step, metrics on device) not yet read
-        interval_start, interval_steps = time.perf_counter(), 0
+        interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
         last = {}
         progress = tqdm(
             total=config.train.num_steps,
@@ -81,6 +89,10 @@ class Loop:
         )
         for step in range(self.start_step + 1, config.train.num_steps + 1):
             batch = next(self.batches)
+            if jax.process_count() > 1:  # every host's rows must be as long as the longest
+                length = agreed_label_length(batch["labels"].shape[1])
+                batch = pad_labels(batch, length, self.batches.eos)
+            interval_flops += step_flops(self.job, batch["labels"].shape[1])
             arrays = sharding.global_batch(
                 self.job.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS}
             )
@@ -104,9 +116,9 @@ class Loop:
                 pending = None
             if due["log"]:
                 seconds = (time.perf_counter() - interval_start) / interval_steps
-                self._log(step, last, seconds)
+                self._log(step, last, seconds, interval_flops / interval_steps)
                 progress.set_postfix(loss=f"{last['loss']:.3f}")
-                interval_start, interval_steps = time.perf_counter(), 0
+                interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
             if due["eval"] or (final and self.evaluate is not None):
                 self._eval(step)
             if due["checkpoint"] or stop:
@@ -137,14 +149,14 @@ class Loop:
             log.warning("step %d: non-finite loss or gradient; update skipped", step)
         return values
 
-    def _log(self, step: int, values: dict, seconds_per_step: float) -> None:
+    def _log(self, step: int, values: dict, seconds_per_step: float, flops: float) -> None:
         batch = self.config.train.batch_size
         scalars = {k: values[k] for k in LOGGED}
         scalars.update(
             step_time=seconds_per_step,
             samples_per_second=batch / seconds_per_step,
             tokens_per_second=values["tokens"] / seconds_per_step,
-            mfu=self.flops_per_step / seconds_per_step / self.peak,
+            mfu=flops / seconds_per_step / self.peak,
             skipped_steps=self.skipped_steps,
         )
         skipped = self.batches.stream.skipped

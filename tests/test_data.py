@@ -194,6 +194,46 @@ def test_batches_resume_exactly(corpus, tokenizer, prefetch):
     assert batch["decoder_attention_mask"].sum(axis=1).tolist() == [6] * 4
 
 
+@pytest.fixture(scope="module")
+def ragged_corpus(tmp_path_factory):
+    """24 short clips whose transcripts are 1 to 24 words long."""
+    folder = tmp_path_factory.mktemp("ragged")
+    rng = np.random.default_rng(1)
+    rows = []
+    for index in range(24):
+        soundfile.write(folder / f"c{index:02d}.flac", rng.normal(0, 0.1, 1600), 16000)
+        rows.append(f"c{index:02d}.flac," + " ".join(["word"] * (index + 1)) + "\n")
+    (folder / "metadata.csv").write_text("file_name,text\n" + "".join(rows))
+    return folder
+
+
+def test_length_groups_cut_padding_and_resume_exactly(ragged_corpus, tokenizer):
+    grouped = {"label_bucket": 8, "length_groups": 3, "max_label_length": 40}
+    uninterrupted = _batches(ragged_corpus, tokenizer, **grouped)
+    reference = [next(uninterrupted) for _ in range(14)]  # 2 epochs of 6 batches, and more
+    lengths = [b["labels"].shape[1] for b in reference]
+    assert set(lengths) > {8, 16}  # short batches are short ...
+    for batch in reference:  # ... as short as the bucket allows, every label whole
+        longest = int(batch["loss_mask"].sum(axis=1).max()) + len(PROMPT) - 1
+        assert longest <= batch["labels"].shape[1] < longest + 8
+        last = batch["loss_mask"].sum(axis=1).astype(int) + len(PROMPT) - 2
+        assert (batch["labels"][np.arange(4), last] == 50256).all()
+    epoch = [i for b in reference[:6] for i in b["ids"]]
+    assert sorted(epoch) == sorted(set(epoch)) and len(epoch) == 24  # each example once
+    plain = _batches(ragged_corpus, tokenizer, max_label_length=40)
+    spread = [np.ptp(b["decoder_attention_mask"].sum(axis=1)) for b in reference[:6]]
+    plain_spread = [np.ptp(next(plain)["decoder_attention_mask"].sum(axis=1)) for _ in range(6)]
+    assert np.mean(spread) < 0.6 * np.mean(plain_spread)  # similar lengths share a batch
+    for cut in (4, 6, 7):  # inside a group, at a group's end, in the next epoch
+        first = _batches(ragged_corpus, tokenizer, **grouped)
+        for _ in range(cut):
+            next(first)
+        resumed = _batches(ragged_corpus, tokenizer, **grouped)
+        resumed.restore(json.loads(json.dumps(first.state())))
+        for expected in reference[cut:]:
+            _same(next(resumed), expected)
+
+
 def test_long_labels_are_dropped_or_truncated(corpus, tokenizer):
     folder, _ = corpus  # every label is 4 text tokens; 5 slots hold the prompt's last + 3 + eos
     truncating = _batches(folder, tokenizer, max_label_length=5, long_labels="truncate")

@@ -163,7 +163,7 @@ def test_eight_devices_and_fsdp_match_one_device(tiny_teacher, corpus, tmp_path)
 
 
 def test_two_processes_match_one_process_with_two_devices(tiny_teacher, corpus, tmp_path):
-    overrides = settings(tiny_teacher, corpus)
+    overrides = settings(tiny_teacher, corpus, **{"data.label_bucket": 1})  # hosts agree
     worker(2, tmp_path / "single", overrides)
     port = random.Random(os.getpid()).randrange(20000, 40000)
     procs = [
@@ -195,6 +195,7 @@ def test_sigterm_and_kill_then_rerun_equal_an_uninterrupted_run(tiny_teacher, co
         tiny_teacher,
         corpus,
         **{"train.num_steps": 60, "train.batch_size": 2, "checkpoint.every": 5},
+        **{"data.label_bucket": 4, "data.length_groups": 3},  # resumes inside a length group
     )
     uninterrupted = cli_train(tmp_path / "a", overrides)
     assert uninterrupted.wait(timeout=600) == 0, uninterrupted.communicate()[0][-3000:]

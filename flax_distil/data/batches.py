@@ -12,8 +12,15 @@ A batch holds, for each of `batch_size` examples:
   the prompt and the padding.
 
 Labels longer than `max_label_length` are dropped (counted as `label_too_long`) or truncated.
-The state a batch carries is the stream's state right after its last example, so restoring it
-continues with exactly the next batch.
+
+With `label_bucket` > 0 the label arrays are only as long as the batch's longest label, rounded
+up to a multiple of `label_bucket` (each distinct length compiles the step once): a short batch
+then costs a short step. `length_groups` > 1 makes such batches likely: that many batches'
+worth of examples is read at once, sorted by label length, cut into batches and handed out in
+a seeded random order, so similar lengths share a batch.
+
+The state a batch carries is the stream's state where its group began plus how many batches
+of that group were handed out, so restoring it continues with exactly the next batch.
 """
 
 from __future__ import annotations
@@ -37,10 +44,14 @@ class BatchSpec:
     long_labels: str = "drop"  # or "truncate"
     features_on: str = "device"  # or "host"
     num_mel_bins: int = 80
+    label_bucket: int = 0  # 0: always max_label_length; k: the batch's longest, rounded up to k
+    length_groups: int = 1  # batches read together and sorted by label length
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise FlaxDistilError("batch_size must be at least 1")
+        if self.label_bucket < 0 or self.length_groups < 1:
+            raise FlaxDistilError("label_bucket must be >= 0 and length_groups >= 1")
         if self.long_labels not in ("drop", "truncate"):
             raise FlaxDistilError("long_labels must be 'drop' or 'truncate'")
         if self.features_on not in ("device", "host"):
@@ -71,7 +82,8 @@ class Batches:
         self.stream, self.tokenizer, self.prompt, self.spec = stream, tokenizer, prompt, spec
         self.eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.prefetch = prefetch
-        self._state = stream.state()
+        self._state = {"stream": stream.state(), "batches_taken": 0}
+        self._groups = self._build_groups()
         self._queue: queue.Queue | None = None
 
     def _text_tokens(self, example: Example) -> list[int] | None:
@@ -84,15 +96,49 @@ class Batches:
         self.stream.skipped.record(Skipped("label_too_long", example.id), already_seen=True)
         return None
 
-    def _build(self) -> tuple[dict, dict]:
-        examples, token_lists = [], []
-        while len(examples) < self.spec.batch_size:
+    def _read_group(self) -> list[list[tuple[Example, list[int]]]]:
+        """The next `length_groups` batches' examples (with their text tokens), in the order
+        they are handed out."""
+        start = self.stream.state()
+        pairs = []
+        while len(pairs) < self.spec.batch_size * self.spec.length_groups:
             example = next(self.stream)
             tokens = self._text_tokens(example)
             if tokens is not None:
-                examples.append(example)
-                token_lists.append(tokens)
-        length = self.spec.max_label_length
+                pairs.append((example, tokens))
+        if self.spec.length_groups == 1:
+            return [pairs]
+        pairs.sort(key=lambda pair: len(pair[1]))  # stable: ties keep the stream's order
+        size = self.spec.batch_size
+        batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        rng = np.random.default_rng([start["seed"], start["epoch"], start["position"]])
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _label_length(self, token_lists: list[list[int]]) -> int:
+        longest = len(self.prompt) + max(len(t) for t in token_lists)  # + eos - 1 shift
+        bucket = self.spec.label_bucket
+        if not bucket:
+            return self.spec.max_label_length
+        return min(self.spec.max_label_length, -(-longest // bucket) * bucket)
+
+    def _build_groups(self, taken: int = 0):
+        """Yields (batch, state) forever from the stream's position, which is where a group
+        begins; the first `taken` batches of that group are skipped (a restored state)."""
+        while True:
+            start = self.stream.state()
+            group = self._read_group()
+            for index, pairs in enumerate(group[taken:], start=taken):
+                done = index + 1 == len(group)
+                after = {"stream": self.stream.state() if done else start, "batches_taken": 0}
+                if not done:
+                    after["batches_taken"] = index + 1
+                yield self._assemble(pairs), after
+            taken = 0
+
+    def _assemble(self, pairs: list[tuple[Example, list[int]]]) -> dict:
+        examples = [example for example, _ in pairs]
+        token_lists = [tokens for _, tokens in pairs]
+        length = self._label_length(token_lists)
         arrays = [label_arrays(self.prompt, t, self.eos, length) for t in token_lists]
         batch = {
             "decoder_input_ids": np.stack([a[0] for a in arrays]),
@@ -108,12 +154,12 @@ class Batches:
             batch["features"] = _host_log_mel(audio, self.spec.num_mel_bins)
         else:
             batch["audio"] = audio
-        return batch, self.stream.state()
+        return batch
 
     def _produce(self) -> None:
         while True:
             try:
-                item = self._build()
+                item = next(self._groups)
             except Exception as error:  # surfaced to the consumer, not lost in the thread
                 self._queue.put(error)
                 return
@@ -124,7 +170,7 @@ class Batches:
 
     def __next__(self) -> dict:
         if self.prefetch == 0:
-            batch, self._state = self._build()
+            batch, self._state = next(self._groups)
             return batch
         if self._queue is None:
             self._queue = queue.Queue(maxsize=self.prefetch)
@@ -136,14 +182,31 @@ class Batches:
         return batch
 
     def state(self) -> dict:
-        """The stream state after the last batch handed out (not after prefetched ones)."""
+        """The state after the last batch handed out (not after prefetched ones)."""
         return self._state
 
     def restore(self, state: dict) -> None:
         if self._queue is not None:
             raise FlaxDistilError("restore the data state before taking the first batch")
-        self.stream.restore(state)
+        self.stream.restore(state["stream"])
+        self._groups = self._build_groups(taken=state["batches_taken"])
         self._state = state
+
+
+def pad_labels(batch: dict, length: int, eos: int) -> dict:
+    """`batch` with its label arrays padded to `length` (end-of-text inputs and labels, mask 0)."""
+    current = batch["labels"].shape[1]
+    if length == current:
+        return batch
+    padded = dict(batch)
+    for key, value in (
+        ("decoder_input_ids", eos),
+        ("labels", eos),
+        ("loss_mask", 0),
+        ("decoder_attention_mask", 0),
+    ):
+        padded[key] = np.pad(batch[key], ((0, 0), (0, length - current)), constant_values=value)
+    return padded
 
 
 def _host_log_mel(audio: np.ndarray, num_mel_bins: int) -> np.ndarray:
