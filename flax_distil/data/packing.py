@@ -54,7 +54,7 @@ def pack_audiofolder(
     that end after one sentence teach the student to stop when the speech stops, as single
     clips need. Utterances longer than `max_seconds` get a window of their own (the data
     filters decide what to do with them); `max_words` keeps a transcript within the label
-    length."""
+    length. Windows are numbered from the shortest transcript to the longest."""
     import soundfile
 
     source, output = Path(source), Path(output)
@@ -72,6 +72,9 @@ def pack_audiofolder(
     durations = [len(clips[row["file_name"]]) / SAMPLE_RATE for row in rows]
     sizes = np.random.default_rng(seed).integers(1, max_utterances + 1, size=len(rows))
     groups = _windows(rows, durations, max_seconds, gap_seconds, max_words, sizes)
+    # Shortest transcript first: a pseudo-labelling batch then holds windows that stop decoding
+    # at about the same step (training shuffles them anyway).
+    groups.sort(key=lambda group: sum(len(row["text"].split()) for row in group))
     silence = np.zeros(int(gap_seconds * SAMPLE_RATE), np.float32)
     (output / "clips").mkdir(parents=True, exist_ok=True)
     records = []
