@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from flax_distil.demo_speech import mix_noise, sentences, speakable
+from flax_distil.demo_speech import draw_sentences, mix_noise, sentences, speakable
 from flax_distil.errors import FlaxDistilError
 
 
@@ -20,6 +20,14 @@ def test_only_exactly_speakable_sentences_are_kept():
     assert not speakable("It was (as he said) a very long way.")  # brackets
     assert all(speakable(s) for s in sentences("arctic")[:50])
     assert len(sentences("arctic")) > 1000 and len(sentences("nowhere")) > 300
+
+
+def test_more_utterances_than_sentences_repeat_the_whole_pool_evenly():
+    drawn = draw_sentences(40, 100, np.random.default_rng(0))
+    assert sorted(drawn[:40]) == list(range(40))  # every sentence before any repeats
+    assert sorted(drawn[40:80]) == list(range(40))
+    assert set(np.bincount(drawn, minlength=40)) == {2, 3}
+    assert len(draw_sentences(40, 7, np.random.default_rng(0))) == 7
 
 
 @pytest.mark.parametrize("snr_db", [10.0, 0.0, -5.0])
