@@ -25,6 +25,7 @@ class ModelConfig:
     student: str | None = None  # None: made from the teacher with student_decoder_layers
     student_decoder_layers: int = 2
     freeze_encoder: bool = True
+    freeze_token_embeddings: bool = False  # the student's token embedding = output projection
     compute_dtype: str = "float32"  # or bfloat16; parameters stay float32 (master weights)
     remat_decoder: bool = False
     remat_encoder: bool = False

@@ -116,7 +116,12 @@ def build_run(config: Config, workdir: Path, devices=None) -> Run:
     teacher = build_model(teacher_checkpoint, dtype=dtype)
     student = build_model(student_checkpoint, dtype=dtype)
     student.encoder.remat, student.decoder.remat = model.remat_encoder, model.remat_decoder
-    models = DistillModels.build(student, teacher, freeze_encoder=model.freeze_encoder)
+    models = DistillModels.build(
+        student,
+        teacher,
+        freeze_encoder=model.freeze_encoder,
+        freeze_token_embeddings=model.freeze_token_embeddings,
+    )
     settings = step_settings(config, student.config.num_mel_bins)
     prompt = decoder_prompt(
         student_checkpoint.tokenizer,

@@ -21,7 +21,7 @@ from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.greedy import greedy_decode
 from flax_distil.metrics import word_error_rate
 from flax_distil.sharding import global_batch
-from flax_distil.train_step import DistillModels, features_of
+from flax_distil.train_step import DistillModels, features_of, student_frozen_parts
 
 
 @dataclasses.dataclass
@@ -78,9 +78,7 @@ def eval_batches(eval_set, tokenizer, prompt, batch_size, max_label_length, num_
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _encode(student_def, trainable, frozen, num_mel_bins, batch):
-    student = nnx.merge(
-        student_def, trainable, *([frozen["encoder"]] if "encoder" in frozen else [])
-    )
+    student = nnx.merge(student_def, trainable, *student_frozen_parts(frozen))
     return student.encode(features_of(batch, num_mel_bins))
 
 
@@ -108,9 +106,7 @@ def evaluate_sets(
     num_mel_bins,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, str]]]]:
     """({set: {loss, ce, kl, wer}}, {set: [(reference, prediction), ...]})."""
-    state = nnx.merge_state(
-        trainable, *([models.frozen["encoder"]] if "encoder" in models.frozen else [])
-    )
+    state = nnx.merge_state(trainable, *student_frozen_parts(models.frozen))
     results, samples = {}, {}
     for eval_set in eval_sets:
         sums = {"objective": 0.0, "ce": 0.0, "kl": 0.0, "tokens": 0.0}

@@ -48,7 +48,8 @@ class DistillModels:
     """Graph definitions (static) and states of the student and teacher.
 
     `trainable` is the student's trainable parameters; `frozen` holds the student's frozen
-    encoder ("encoder", when frozen), the teacher's decoder ("teacher") and the teacher's encoder
+    encoder ("encoder", when frozen) and token embedding ("student_embedding", when frozen: it
+    is also the output projection), the teacher's decoder ("teacher") and the teacher's encoder
     ("teacher_encoder") only when the student's encoder differs from it."""
 
     student_def: nnx.GraphDef
@@ -58,7 +59,9 @@ class DistillModels:
     encoder_def: nnx.GraphDef  # the student's encoder alone (see `encoder_cache`)
 
     @classmethod
-    def build(cls, student, teacher, *, freeze_encoder: bool = True) -> DistillModels:
+    def build(
+        cls, student, teacher, *, freeze_encoder: bool = True, freeze_token_embeddings=False
+    ) -> DistillModels:
         s, t = student.config, teacher.config
         if (s.d_model, s.vocab_size) != (t.d_model, t.vocab_size):
             raise FlaxDistilError(
@@ -66,12 +69,20 @@ class DistillModels:
                 f"(student {s.d_model}/{s.vocab_size}, teacher {t.d_model}/{t.vocab_size})"
             )
         decoder = nnx.PathContains("decoder")
-        if freeze_encoder:
-            student_def, trainable, encoder = nnx.split(student, decoder, ...)
-            frozen = {"encoder": encoder}
+        embedding = nnx.All(decoder, nnx.PathContains("embed_tokens"))
+        train = nnx.All(decoder, nnx.Not(embedding)) if freeze_token_embeddings else decoder
+        frozen = {}
+        if freeze_encoder:  # (the embedding filter matches nothing when `train` has it)
+            student_def, trainable, frozen_embedding, encoder = nnx.split(
+                student, train, embedding, ...
+            )
+            frozen["encoder"] = encoder
+        elif freeze_token_embeddings:
+            student_def, frozen_embedding, trainable = nnx.split(student, embedding, ...)
         else:
             student_def, trainable = nnx.split(student)
-            frozen = {}
+        if freeze_token_embeddings:
+            frozen["student_embedding"] = frozen_embedding
         teacher_def, teacher_decoder, teacher_encoder = nnx.split(teacher, decoder, ...)
         frozen["teacher"] = teacher_decoder
         if not shares_encoder(student, teacher, freeze_encoder):
@@ -100,9 +111,13 @@ def shares_encoder(student, teacher, freeze_encoder: bool) -> bool:
     return all(a.shape == b.shape and bool(jnp.array_equal(a, b)) for a, b in pairs)
 
 
+def student_frozen_parts(frozen: dict) -> list:
+    """The student's frozen states (encoder, token embedding), those that exist."""
+    return [frozen[key] for key in ("student_embedding", "encoder") if key in frozen]
+
+
 def _student(student_def, trainable, frozen):
-    parts = [trainable] + ([frozen["encoder"]] if "encoder" in frozen else [])
-    return nnx.merge(student_def, *parts)
+    return nnx.merge(student_def, trainable, *student_frozen_parts(frozen))
 
 
 def _teacher(teacher_def, frozen):

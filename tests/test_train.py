@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.tree_util import tree_leaves_with_path
 from safetensors.numpy import load_file
 
 from flax_distil import sharding
@@ -97,6 +98,38 @@ def test_step_compiles_once_and_learns_with_frozen_parts_unchanged(tiny_teacher,
         jax.tree.leaves(frozen_before), jax.tree.leaves(run.models.frozen), strict=True
     ):
         np.testing.assert_array_equal(before, np.asarray(after))
+
+
+def test_frozen_token_embedding_gets_no_gradient_and_no_optimiser_state(
+    tiny_teacher, corpus, tmp_path
+):
+    overrides = settings(tiny_teacher, corpus, **{"model.freeze_token_embeddings": "true"})
+    config = load_config(None, overrides)
+    run = build_run(config, tmp_path)
+    optimizer, schedule = make_optimizer(config.train)
+    state, _ = sharded_state(run, optimizer)
+    paths = [jax.tree_util.keystr(path) for path, _ in tree_leaves_with_path(state["params"])]
+    assert paths and not any("embed_tokens" in path for path in paths)
+    trainable = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state["params"]))
+    assert optimizer_state_bytes(state["opt_state"]) == 2 * trainable
+    embedding = np.array(run.models.student().decoder.embed_tokens.embedding[...])
+    layer_before = copy_tree(state["params"])
+    batch = fixed_batch(run)
+    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, run.models.frozen, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.8 * losses[0], losses
+    student = run.models.student(state["params"])  # what export writes
+    np.testing.assert_array_equal(student.decoder.embed_tokens.embedding[...], embedding)
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(layer_before), jax.tree.leaves(state["params"]), strict=True
+        )
+    ]
+    assert all(changed)  # every trainable tensor moved
 
 
 def test_gradient_accumulation_equals_one_big_batch(tiny_teacher, corpus, tmp_path):
