@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", default="demo-run")
     demo.add_argument("--teacher", default="pypi:tiny.en")
-    demo.add_argument("--num-utterances", type=int, default=480, help="training utterances")
+    demo.add_argument("--num-utterances", type=int, default=720, help="training utterances")
     demo.add_argument("--num-heldout", type=int, default=48, help="held-out utterances")
     demo.add_argument("--config", help="training config (default: configs/tiny_en_demo.yaml)")
     demo.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """`flax-distil demo`: the whole pipeline offline on a CPU, each stage timed and resumable.
 
-    flax-distil demo --workdir demo-run [--teacher pypi:tiny.en] [--num-utterances 480]
+    flax-distil demo --workdir demo-run [--teacher pypi:tiny.en] [--num-utterances 720]
 
 Stages: synthesise English speech (training sentences from CMU ARCTIC, held-out sentences from
 a different text); pack the training utterances into 30 s windows; pseudo-label the windows
@@ -26,7 +26,7 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_en_demo.ya
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
     teacher: str = "pypi:tiny.en"
-    num_utterances: int = 480  # training utterances (packed into ~8x fewer windows)
+    num_utterances: int = 720  # training utterances (packed into ~8x fewer windows)
     num_heldout: int = 48
     config: str | None = None  # default: configs/tiny_en_demo.yaml of this checkout
     overrides: tuple[str, ...] = ()  # section.key=value for the training config
