@@ -211,6 +211,7 @@ def describe(run: Run, state, compiled) -> str:
         f"{jax.process_count()}",
         f"student trainable parameters: {count_params(state['params']):,}",
         f"student frozen encoder parameters: {count_params(frozen.get('encoder', {})):,}",
+        f"student frozen token embedding: {count_params(frozen.get('student_embedding', {})):,}",
         f"teacher decoder parameters: {count_params(frozen['teacher']):,}",
         f"optimiser state: {optimizer_state_bytes(state['opt_state']) / 2**20:.1f} MiB",
     ]

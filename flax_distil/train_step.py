@@ -60,7 +60,12 @@ class DistillModels:
 
     @classmethod
     def build(
-        cls, student, teacher, *, freeze_encoder: bool = True, freeze_token_embeddings=False
+        cls,
+        student,
+        teacher,
+        *,
+        freeze_encoder: bool = True,
+        freeze_token_embeddings: bool = False,
     ) -> DistillModels:
         s, t = student.config, teacher.config
         if (s.d_model, s.vocab_size) != (t.d_model, t.vocab_size):

@@ -128,10 +128,10 @@ class Batches:
             start = self.stream.state()
             group = self._read_group()
             for index, pairs in enumerate(group[taken:], start=taken):
-                done = index + 1 == len(group)
-                after = {"stream": self.stream.state() if done else start, "batches_taken": 0}
-                if not done:
-                    after["batches_taken"] = index + 1
+                if index + 1 < len(group):
+                    after = {"stream": start, "batches_taken": index + 1}
+                else:
+                    after = {"stream": self.stream.state(), "batches_taken": 0}
                 yield self._assemble(pairs), after
             taken = 0
 
