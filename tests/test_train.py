@@ -73,6 +73,17 @@ def fixed_batch(run):
     return sharding.global_batch(run.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS})
 
 
+def steps_on_one_batch(run, optimizer, schedule, state, count):
+    """`count` compiled train steps on the run's first batch: (state, losses, step)."""
+    batch = fixed_batch(run)
+    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
+    losses = []
+    for _ in range(count):
+        state, metrics = step(state, run.models.frozen, batch)
+        losses.append(float(metrics["loss"]))
+    return state, losses, step
+
+
 def copy_tree(tree):
     return jax.tree.map(lambda x: np.array(x), tree)
 
@@ -86,12 +97,7 @@ def test_step_compiles_once_and_learns_with_frozen_parts_unchanged(tiny_teacher,
     assert optimizer_state_bytes(state["opt_state"]) == 2 * trainable  # AdamW moments only
     assert "encoder" not in state["params"] and "encoder" in run.models.frozen
     frozen_before = copy_tree(run.models.frozen)
-    batch = fixed_batch(run)
-    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
-    losses = []
-    for _ in range(20):
-        state, metrics = step(state, run.models.frozen, batch)
-        losses.append(float(metrics["loss"]))
+    state, losses, step = steps_on_one_batch(run, optimizer, schedule, state, 20)
     assert step._cache_size() == 1
     assert losses[-1] < 0.6 * losses[0], losses
     for before, after in zip(
@@ -114,12 +120,7 @@ def test_frozen_token_embedding_gets_no_gradient_and_no_optimiser_state(
     assert optimizer_state_bytes(state["opt_state"]) == 2 * trainable
     embedding = np.array(run.models.student().decoder.embed_tokens.embedding[...])
     layer_before = copy_tree(state["params"])
-    batch = fixed_batch(run)
-    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
-    losses = []
-    for _ in range(8):
-        state, metrics = step(state, run.models.frozen, batch)
-        losses.append(float(metrics["loss"]))
+    state, losses, _ = steps_on_one_batch(run, optimizer, schedule, state, 8)
     assert losses[-1] < 0.8 * losses[0], losses
     student = run.models.student(state["params"])  # what export writes
     np.testing.assert_array_equal(student.decoder.embed_tokens.embedding[...], embedding)
