@@ -26,7 +26,7 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_en_demo.ya
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
     teacher: str = "pypi:tiny.en"
-    num_utterances: int = 720  # training utterances (packed into ~8x fewer windows)
+    num_utterances: int = 720  # training utterances (packed into ~4-5x fewer windows)
     num_heldout: int = 48
     config: str | None = None  # default: configs/tiny_en_demo.yaml of this checkout
     overrides: tuple[str, ...] = ()  # section.key=value for the training config
