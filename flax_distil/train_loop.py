@@ -89,7 +89,8 @@ class Loop:
         )
         for step in range(self.start_step + 1, config.train.num_steps + 1):
             batch = next(self.batches)
-            if jax.process_count() > 1:  # every host's rows must be as long as the longest
+            if self.config.data.label_bucket and jax.process_count() > 1:
+                # Label lengths vary per batch: every host's rows must be as long as the longest.
                 length = agreed_label_length(batch["labels"].shape[1])
                 batch = pad_labels(batch, length, self.batches.eos)
             interval_flops += step_flops(self.job, batch["labels"].shape[1])

@@ -115,7 +115,8 @@ class Batches:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _label_length(self, token_lists: list[list[int]]) -> int:
-        longest = len(self.prompt) + max(len(t) for t in token_lists)  # + eos - 1 shift
+        # prompt + text + end-of-text, less one: inputs and labels are the tokens shifted by one
+        longest = len(self.prompt) + max(len(t) for t in token_lists)
         bucket = self.spec.label_bucket
         if not bucket:
             return self.spec.max_label_length
