@@ -20,6 +20,11 @@ import time
 
 from flax_distil.errors import FlaxDistilError
 
+DRAFT_VOCAB_HELP = (
+    "the assistant drafts only token ids below N and the special tokens: cheaper drafts, "
+    "identical output (default: every id)"
+)
+
 
 def _convert(args: argparse.Namespace) -> None:
     from flax_distil.interop import load_checkpoint, save_hf_checkpoint
@@ -49,7 +54,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         long_form=args.long_form,
         num_draft=args.num_draft if args.assistant else 0,
     )
-    transcriber = Transcriber.load(args.model, assistant=args.assistant)
+    transcriber = Transcriber.load(
+        args.model, assistant=args.assistant, draft_vocab=args.draft_vocab
+    )
     results, errors = transcribe_files(transcriber, args.audio, options)
     for result in results:
         print(f"{result['audio']}: {result['text']}")
@@ -167,6 +174,7 @@ def _evaluate_options(args: argparse.Namespace):
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         num_draft=args.num_draft,
+        draft_vocab=args.draft_vocab,
         language=args.language,
         noise=args.noise,
         snr_db=args.snr or (),
@@ -193,7 +201,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     options = _evaluate_options(args)  # checked before the model loads
     spec = _dataset_spec(args, args.dataset)
-    transcriber = Transcriber.load(args.model, assistant=args.assistant)
+    transcriber = Transcriber.load(
+        args.model, assistant=args.assistant, draft_vocab=options.draft_vocab
+    )
     metrics = evaluate(
         transcriber,
         spec,
@@ -238,6 +248,7 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=224)
     parser.add_argument("--max-samples", type=int, help="evaluate the first N rows only")
     parser.add_argument("--num-draft", type=int, default=5, help="speculative draft tokens")
+    parser.add_argument("--draft-vocab", type=int, metavar="N", help=DRAFT_VOCAB_HELP)
     parser.add_argument("--language", help="language code; detected when omitted")
     parser.add_argument("--noise", choices=["white", "babble"], help="also evaluate with noise")
     parser.add_argument(
@@ -406,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--assistant", help="draft model for speculative decoding (same output, faster)"
     )
     transcribe.add_argument("--num-draft", type=int, default=5, help="draft tokens per step")
+    transcribe.add_argument("--draft-vocab", type=int, metavar="N", help=DRAFT_VOCAB_HELP)
     transcribe.add_argument("--batch-size", type=int, default=8)
     transcribe.add_argument("--max-new-tokens", type=int, default=224)
     transcribe.add_argument("--timestamps", action="store_true", help="timestamped segments")

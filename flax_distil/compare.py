@@ -52,7 +52,7 @@ def compare(
     options = options or EvaluateOptions()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    teacher_model = Transcriber.load(teacher, assistant=student)
+    teacher_model = Transcriber.load(teacher, assistant=student, draft_vocab=options.draft_vocab)
     student_model = Transcriber.load(student)
     slugs = [_slug(name) for name in datasets]
     if len(set(slugs)) < len(slugs):

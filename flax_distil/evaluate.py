@@ -61,6 +61,7 @@ class EvaluateOptions:
     batch_size: int = 8
     max_new_tokens: int = 224
     num_draft: int = 5  # draft tokens per verification, with an assistant
+    draft_vocab: int | None = None  # the assistant scores only ids below it (+ special tokens)
     language: str | None = None  # multilingual models: detected per clip when None
     noise: str | None = None  # "white" or "babble"
     snr_db: tuple[float, ...] = ()
@@ -74,6 +75,8 @@ class EvaluateOptions:
             raise FlaxDistilError("--batch-size must be at least 1")
         if self.num_draft < 1:
             raise FlaxDistilError("--num-draft must be at least 1")
+        if self.draft_vocab is not None and self.draft_vocab < 1:
+            raise FlaxDistilError("--draft-vocab must be at least 1")
         if self.max_samples is not None and self.max_samples < 1:
             raise FlaxDistilError("--max-samples must be at least 1")
         if self.noise not in (None, *NOISE_KINDS):
@@ -330,6 +333,7 @@ def evaluate(
             assistant=assistant_name,
             assistant_decoder_parameters=count_parameters(transcriber.assistant[1], True),
             num_draft=options.num_draft,
+            draft_vocab=transcriber.draft_vocab,
             speculative_identical=all(same),
             speculative_mismatches=same.count(False),
             speculative_wall_seconds=spec.wall_seconds,

@@ -313,8 +313,9 @@ class Decoder(nnx.Module):
         logits, _ = self(tokens, cache, start, dropout)
         return logits
 
-    def __call__(self, tokens, cache: DecoderCache, start, dropout=None):
-        """Logits for tokens [B,T] placed at positions start[b] + t; returns (logits, cache)."""
+    def __call__(self, tokens, cache: DecoderCache, start, dropout=None, project=True):
+        """Logits for tokens [B,T] placed at positions start[b] + t; returns (logits, cache).
+        With project=False, the final hidden states [B,T,D] instead of logits."""
         positions = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
         scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
         x = self.embed_tokens(tokens) * scale
@@ -330,11 +331,14 @@ class Decoder(nnx.Module):
             x, layer_cache = run_layer(layer, x, layer_cache, layer_dropout)
             new_cache.append(layer_cache)
         x = self.layer_norm(x)
-        # The output projection is tied to the embedding. einsum contracts against it in place;
-        # `Embed.attend` (x @ E.T) materialises the transpose and was ~2.5x slower per step.
+        return (self.project(x) if project else x), tuple(new_cache)
+
+    def project(self, x):
+        """Float32 logits [..., V] of final hidden states [..., D] through the tied embedding."""
+        # einsum contracts against the embedding in place; `Embed.attend` (x @ E.T)
+        # materialises the transpose and was ~2.5x slower per step.
         embedding = self.embed_tokens.embedding[...].astype(x.dtype)
-        logits = jnp.einsum("btd,vd->btv", x, embedding)
-        return logits.astype(jnp.float32), tuple(new_cache)
+        return jnp.einsum("...d,vd->...v", x, embedding).astype(jnp.float32)
 
 
 class Whisper(nnx.Module):
@@ -366,9 +370,10 @@ class Whisper(nnx.Module):
             )
         return self.decoder.cross_cache(encoder_out, max_length)
 
-    def decode_step(self, tokens, cache: DecoderCache, start):
-        """Incremental decoding: tokens [B,T] at per-row offsets start [B]."""
-        return self.decoder(tokens, cache, jnp.asarray(start, jnp.int32))
+    def decode_step(self, tokens, cache: DecoderCache, start, project=True):
+        """Incremental decoding: tokens [B,T] at per-row offsets start [B]; returns (logits, or
+        final hidden states with project=False, and the cache)."""
+        return self.decoder(tokens, cache, jnp.asarray(start, jnp.int32), project=project)
 
     def decode(self, tokens, encoder_out):
         """Teacher-forced logits [B,T,V] for tokens [B,T] starting at position 0."""

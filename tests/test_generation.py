@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from flax_distil.generation import LogitRules, Transcriber, apply_rules, greedy_decode
-from flax_distil.generation.speculative import speculative_decode
+from flax_distil.generation.speculative import draft_head, speculative_decode
 from flax_distil.interop import build_model, load_checkpoint, save_hf_checkpoint
 from flax_distil.interop.checkpoint import checkpoint_from_model
 from flax_distil.student import make_student
@@ -139,25 +139,27 @@ def test_speculative_equals_greedy_on_every_row(teacher, features, timestamps, s
         max_new_tokens=40,
     )
     rules = tiny_rules(ragged_end_token(np.asarray(probe)), timestamps)
-    for batch in (1, 3, 8):
+    # Every batch size and draft length once (each is a program to compile), one with a
+    # restricted draft vocabulary.
+    for batch, num_draft, draft_vocab in ((1, 5, None), (3, 1, None), (8, 3, 30)):
         prompt = tiny_prompt(batch, timestamps)
         expected = greedy_decode(
             t_graphdef, t_state, encoder_out[:batch], prompt, rules=rules, max_new_tokens=40
         )
-        for num_draft in (1, 3, 5):
-            got, verifications, accepted = speculative_decode(
-                t_graphdef,
-                t_state,
-                s_graphdef,
-                s_state,
-                encoder_out[:batch],
-                prompt,
-                rules=rules,
-                max_new_tokens=40,
-                num_draft=num_draft,
-            )
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-            assert 0 <= int(accepted) <= int(verifications) * num_draft
+        got, verifications, accepted = speculative_decode(
+            t_graphdef,
+            t_state,
+            s_graphdef,
+            s_state,
+            encoder_out[:batch],
+            prompt,
+            rules=rules,
+            max_new_tokens=40,
+            num_draft=num_draft,
+            draft_vocab=draft_vocab,
+        )
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        assert 0 <= int(accepted) <= int(verifications) * num_draft
     lengths = [len(until_end(row, rules.eos_token_id)) for row in np.asarray(expected)]
     assert max(lengths) - min(lengths) >= 10, lengths  # rows really are ragged
 
@@ -326,7 +328,7 @@ def test_speculative_with_real_base_teacher_equals_greedy(clips, timestamps):
     features = np.asarray(log_mel(batch_audio(audio)))
     transcriber = Transcriber(teacher, checkpoint.tokenizer, checkpoint.generation, student)
     greedy = transcriber.generate(features, language="en", timestamps=timestamps, max_new_tokens=48)
-    for batch in (1, 3, 8):
+    for batch in (1, 8):
         speculative = transcriber.generate(
             features[:batch], language="en", timestamps=timestamps, max_new_tokens=48, num_draft=3
         )
@@ -357,3 +359,44 @@ def test_teacher_as_its_own_draft_accepts_everything(teacher, features):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     assert int(verifications) == 3 * 6  # 30 tokens per row, 5 per verification
     assert int(accepted) == 3 * 24  # six rounds of 4 accepted drafts + the teacher's token
+
+
+def test_draft_head_scores_low_ids_and_special_tokens_only(teacher):
+    hidden = jnp.asarray(np.random.default_rng(0).standard_normal((3, 64)), jnp.float32)
+    full = np.asarray(teacher.decoder.project(hidden))
+    restricted = np.asarray(draft_head(teacher, 40, first_special=99)(hidden))
+    assert restricted.shape == full.shape
+    np.testing.assert_allclose(restricted[:, :40], full[:, :40], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(restricted[:, 99:], full[:, 99:], rtol=1e-5, atol=1e-5)
+    assert np.isneginf(restricted[:, 40:99]).all()
+    unrestricted = np.asarray(draft_head(teacher, 500, first_special=99)(hidden))
+    np.testing.assert_array_equal(unrestricted, full)  # a limit past the specials is no limit
+
+
+def test_small_draft_vocabulary_keeps_the_output_and_costs_acceptance(teacher, features):
+    """The teacher drafting for itself accepts everything unless its draft may not score the
+    token it would choose: then that draft is rejected and the teacher's own token is kept."""
+    graphdef, state = nnx.split(teacher)
+    encoder_out = teacher.encode(features[:3])
+    rules = tiny_rules(eos=-1, timestamps=False)
+    prompt = tiny_prompt(3, False)
+    expected = np.asarray(
+        greedy_decode(graphdef, state, encoder_out, prompt, rules=rules, max_new_tokens=30)
+    )
+    draft_vocab = int(expected.max())  # every chosen token but the highest stays draftable
+    assert rules.first_special_token == 99 and (expected < draft_vocab).any()
+    got, verifications, accepted = speculative_decode(
+        graphdef,
+        state,
+        graphdef,
+        state,
+        encoder_out,
+        prompt,
+        rules=rules,
+        max_new_tokens=30,
+        num_draft=4,
+        draft_vocab=draft_vocab,
+    )
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    # Full-vocabulary self-drafting accepts all 3 * 24 drafts in 3 * 6 verifications.
+    assert 0 < int(accepted) < 3 * 24 and int(verifications) > 3 * 6

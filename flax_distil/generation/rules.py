@@ -36,6 +36,13 @@ class LogitRules:
     timestamps: bool = False
     max_initial_timestamp_index: int | None = 50
 
+    @property
+    def first_special_token(self) -> int:
+        """Whisper's special tokens (end-of-text, languages, tasks, timestamps) are the ids from
+        the lowest of them on."""
+        ids = (self.eos_token_id, self.no_timestamps_token_id, self.timestamp_begin)
+        return min(i for i in ids if i >= 0)
+
     @classmethod
     def from_generation_config(
         cls, generation: dict, tokenizer, *, timestamps: bool = False

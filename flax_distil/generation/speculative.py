@@ -10,8 +10,12 @@ teacher's greedy output, token for token.
 
 Cache bookkeeping: both caches hold every committed token but a row's last one. The student's
 first call of a round feeds the last two committed tokens, which fills the one slot it misses
-when all K drafts were accepted. Rejected drafts leave stale cache slots beyond the row's
-length; attention masks them (keys at positions after the query) until they are overwritten.
+when all K drafts were accepted; only the last of the two goes through its output layer.
+Rejected drafts leave stale cache slots beyond the row's length; attention masks them (keys at
+positions after the query) until they are overwritten.
+
+A draft may score only a frequent part of the vocabulary (`draft_head`): its output layer is
+most of a small decoder's step.
 """
 
 from __future__ import annotations
@@ -32,23 +36,48 @@ def _gather(tokens, start, count):
     return jnp.take_along_axis(tokens, start[:, None] + jnp.arange(count)[None, :], axis=1)
 
 
-def _draft(student, s_cache, tokens, length, prompt_length, rules, num_draft):
+def draft_head(student, draft_vocab: int | None, first_special: int):
+    """The draft's output layer: final hidden states [B, D] to full-vocabulary logits.
+
+    The projection is most of a small decoder's step. With `draft_vocab` = n the draft scores
+    only ids below n (BPE ids run roughly from frequent to rare) and the special tokens from
+    `first_special` on; the ids between get -inf and are never drafted, which costs acceptance,
+    never correctness: the teacher verifies every token. The scored rows are copied once per
+    call, outside the decoding loop."""
+    if draft_vocab is None or draft_vocab >= first_special:
+        return student.decoder.project
+    embedding = student.decoder.embed_tokens.embedding[...]
+    rows = jnp.concatenate([embedding[:draft_vocab], embedding[first_special:]])
+
+    def logits(hidden):
+        scores = jnp.einsum("bd,vd->bv", hidden, rows.astype(hidden.dtype)).astype(jnp.float32)
+        gap = jnp.full((hidden.shape[0], first_special - draft_vocab), -jnp.inf, jnp.float32)
+        return jnp.concatenate([scores[:, :draft_vocab], gap, scores[:, draft_vocab:]], axis=1)
+
+    return logits
+
+
+def _draft(student, head, s_cache, tokens, length, prompt_length, rules, num_draft):
     """K greedy student tokens after each row's length; returns (tokens with drafts, cache)."""
     start = jnp.maximum(length - 2, 0)
-    logits, s_cache = student.decode_step(_gather(tokens, start, 2), s_cache, start)
-    logits = jnp.take_along_axis(logits, (length - 1 - start)[:, None, None], axis=1)[:, 0]
+    hidden, s_cache = student.decode_step(_gather(tokens, start, 2), s_cache, start, project=False)
+    hidden = jnp.take_along_axis(hidden, (length - 1 - start)[:, None, None], axis=1)[:, 0]
     for j in range(num_draft):
-        scores = apply_rules(logits, tokens, length + j, prompt_length, rules)
+        scores = apply_rules(head(hidden), tokens, length + j, prompt_length, rules)
         draft = jnp.argmax(scores, axis=-1).astype(jnp.int32)
         tokens = write_rows(tokens, draft[:, None], length + j)
         if j + 1 < num_draft:
-            logits, s_cache = student.decode_step(draft[:, None], s_cache, length + j)
-            logits = logits[:, 0]
+            hidden, s_cache = student.decode_step(
+                draft[:, None], s_cache, length + j, project=False
+            )
+            hidden = hidden[:, 0]
     return tokens, s_cache
 
 
 @functools.partial(
-    jax.jit, static_argnums=(0, 2), static_argnames=("rules", "max_new_tokens", "num_draft")
+    jax.jit,
+    static_argnums=(0, 2),
+    static_argnames=("rules", "max_new_tokens", "num_draft", "draft_vocab"),
 )
 def speculative_decode(
     t_graphdef: nnx.GraphDef,
@@ -61,10 +90,12 @@ def speculative_decode(
     rules: LogitRules,
     max_new_tokens: int,
     num_draft: int,
+    draft_vocab: int | None = None,
 ):
     """Teacher-greedy tokens [B, max_new_tokens]; verifications and accepted drafts, summed
     over rows (their ratio is the mean number of drafts accepted per verification)."""
     teacher, student = nnx.merge(t_graphdef, t_state), nnx.merge(s_graphdef, s_state)
+    head = draft_head(student, draft_vocab, rules.first_special_token)
     batch, prompt_length = prompt.shape
     eos, end = rules.eos_token_id, prompt_length + max_new_tokens
     buffer = end + num_draft + 1  # room for a final round's drafts past the limit
@@ -77,7 +108,9 @@ def speculative_decode(
 
     def one_round(carry):
         tokens, length, t_cache, s_cache, done, row_rounds, accepted = carry
-        drafted, s_cache = _draft(student, s_cache, tokens, length, prompt_length, rules, num_draft)
+        drafted, s_cache = _draft(
+            student, head, s_cache, tokens, length, prompt_length, rules, num_draft
+        )
         logits, t_cache = teacher.decode_step(
             _gather(drafted, length - 1, num_draft + 1), t_cache, length - 1
         )

@@ -48,7 +48,16 @@ def _detect_language(graphdef, state, encoder_out, start_token, language_ids):
 class Transcriber:
     """Greedy (or, with an assistant, speculative) Whisper decoding for batches of features."""
 
-    def __init__(self, model, tokenizer, generation: dict | None = None, assistant=None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        generation: dict | None = None,
+        assistant=None,
+        draft_vocab: int | None = None,
+    ):
+        """`draft_vocab`: the assistant scores only token ids below it and the special tokens
+        (cheaper drafts; see `speculative.draft_head`); None scores them all."""
         if tokenizer is None:
             raise FlaxDistilError("the model has no tokenizer; load it from a full checkpoint")
         self.config = model.config
@@ -66,15 +75,24 @@ class Transcriber:
             if assistant.config.vocab_size != model.config.vocab_size:
                 raise FlaxDistilError("assistant and model have different vocabularies")
             self.assistant = nnx.split(assistant)
+        if draft_vocab is not None and draft_vocab < 1:
+            raise FlaxDistilError(f"draft_vocab must be at least 1, got {draft_vocab}")
+        self.draft_vocab = draft_vocab
 
     @classmethod
-    def load(cls, source: str, assistant: str | None = None, dtype=jnp.float32) -> Transcriber:
+    def load(
+        cls,
+        source: str,
+        assistant: str | None = None,
+        dtype=jnp.float32,
+        draft_vocab: int | None = None,
+    ) -> Transcriber:
         from flax_distil.interop import build_model, load_checkpoint
 
         checkpoint = load_checkpoint(source)
         model = build_model(checkpoint, dtype=dtype)
         draft = build_model(load_checkpoint(assistant), dtype=dtype) if assistant else None
-        return cls(model, checkpoint.tokenizer, checkpoint.generation, draft)
+        return cls(model, checkpoint.tokenizer, checkpoint.generation, draft, draft_vocab)
 
     def rules(self, timestamps: bool) -> LogitRules:
         return LogitRules.from_generation_config(
@@ -142,6 +160,7 @@ class Transcriber:
                 encoder_out,
                 prompts,
                 num_draft=num_draft,
+                draft_vocab=self.draft_vocab,
                 **decoding,
             )
         else:
