@@ -194,10 +194,13 @@ def _speculative_line(t: dict) -> str:
             f"**different** from the teacher's greedy output on {t['speculative_mismatches']} "
             f"of {t['num_samples']} clips (a bug: see `speculative_prediction` in predictions)"
         )
+    vocabulary = ""
+    if t.get("draft_vocab"):
+        vocabulary = f" (the draft scores ids below {t['draft_vocab']} and the special tokens)"
     return (
         f"Speculative decoding: output {verdict}; {t['speculative_speedup']:.2f}x the speed of "
         f"greedy decoding, {t['mean_accepted_tokens']:.2f} of {t['num_draft']} draft tokens "
-        "accepted per teacher verification."
+        f"accepted per teacher verification{vocabulary}."
     )
 
 
