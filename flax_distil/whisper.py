@@ -313,15 +313,22 @@ class Decoder(nnx.Module):
         logits, _ = self(tokens, cache, start, dropout)
         return logits
 
-    def __call__(self, tokens, cache: DecoderCache, start, dropout=None, project=True):
-        """Logits for tokens [B,T] placed at positions start[b] + t; returns (logits, cache).
-        With project=False, the final hidden states [B,T,D] instead of logits."""
-        positions = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
+    def __call__(self, tokens, cache: DecoderCache, start, dropout=None, project=True, first=None):
+        """Logits for tokens [B,T] written to cache slots start[b] + t; returns (logits, cache).
+        With project=False, the final hidden states [B,T,D] instead of logits.
+
+        `first` [B] (optional) is each row's first real slot, for rows left-padded to a common
+        prompt length: slots before it are never attended and positions count from it, so a
+        padded row computes exactly what the unpadded row would."""
+        slots = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
+        positions = slots if first is None else jnp.maximum(slots - first[:, None], 0)
         scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
         x = self.embed_tokens(tokens) * scale
         x = x + jnp.take(self.embed_positions[...], positions, axis=0).astype(x.dtype)
-        key_positions = jnp.arange(cache[0].self_k.shape[2])
-        mask = key_positions[None, None, :] <= positions[:, :, None]  # causal over absolute slots
+        key_slots = jnp.arange(cache[0].self_k.shape[2])[None, None, :]
+        mask = key_slots <= slots[:, :, None]  # causal over cache slots
+        if first is not None:
+            mask &= key_slots >= first[:, None, None]
         run_layer = _maybe_remat(lambda layer, h, c, d: layer(h, c, start, mask, d), self.remat)
         new_cache = []
         for index, (layer, layer_cache) in enumerate(zip(self.layers, cache, strict=True)):
@@ -370,10 +377,12 @@ class Whisper(nnx.Module):
             )
         return self.decoder.cross_cache(encoder_out, max_length)
 
-    def decode_step(self, tokens, cache: DecoderCache, start, project=True):
-        """Incremental decoding: tokens [B,T] at per-row offsets start [B]; returns (logits, or
-        final hidden states with project=False, and the cache)."""
-        return self.decoder(tokens, cache, jnp.asarray(start, jnp.int32), project=project)
+    def decode_step(self, tokens, cache: DecoderCache, start, project=True, first=None):
+        """Incremental decoding: tokens [B,T] at per-row cache slots start [B]; returns (logits,
+        or final hidden states with project=False, and the cache). `first` [B]: each row's
+        first real slot when prompts are left-padded (see `Decoder.__call__`)."""
+        start = jnp.asarray(start, jnp.int32)
+        return self.decoder(tokens, cache, start, project=project, first=first)
 
     def decode(self, tokens, encoder_out):
         """Teacher-forced logits [B,T,V] for tokens [B,T] starting at position 0."""

@@ -11,6 +11,7 @@ from flax import nnx
 
 from flax_distil.generation import LogitRules, Transcriber, apply_rules, greedy_decode
 from flax_distil.generation.speculative import draft_head, speculative_decode
+from flax_distil.generation.transcriber import pad_prompts
 from flax_distil.interop import build_model, load_checkpoint, save_hf_checkpoint
 from flax_distil.interop.checkpoint import checkpoint_from_model
 from flax_distil.student import make_student
@@ -162,6 +163,32 @@ def test_speculative_equals_greedy_on_every_row(teacher, features, timestamps, s
         assert 0 <= int(accepted) <= int(verifications) * num_draft
     lengths = [len(until_end(row, rules.eos_token_id)) for row in np.asarray(expected)]
     assert max(lengths) - min(lengths) >= 10, lengths  # rows really are ragged
+
+
+def test_left_padded_prompts_decode_as_each_prompt_alone(teacher, features):
+    """Prompts of different lengths (as previous-text prompts are) share one padded program:
+    each row's tokens are those of its own unpadded prompt, greedy and speculative."""
+    rules = tiny_rules(eos=-1, timestamps=True)
+    prompts = [[10], [10, 17, 24, 31, 38], [12, 40, 50, 60, 70, 80, 90]]
+    graphdef, state = nnx.split(teacher)
+    encoder_out = teacher.encode(features[:3])
+    decoding = dict(rules=rules, max_new_tokens=24)
+    alone = [
+        np.asarray(
+            greedy_decode(graphdef, state, encoder_out[i : i + 1], np.asarray([p]), **decoding)
+        )[0]
+        for i, p in enumerate(prompts)
+    ]
+    padded, start = pad_prompts(prompts, TEACHER_CONFIG.max_target_positions)
+    assert padded.shape == (3, 8) and start.tolist() == [7, 3, 1]
+    together = greedy_decode(graphdef, state, encoder_out, padded, start, **decoding)
+    np.testing.assert_array_equal(np.asarray(together), np.stack(alone))
+    student = student_from_layers(teacher, [0, 3])
+    speculative, _, _ = speculative_decode(
+        graphdef, state, *nnx.split(student), encoder_out, padded, start, num_draft=3, **decoding
+    )
+    np.testing.assert_array_equal(np.asarray(speculative), np.stack(alone))
+    assert len({tuple(row) for row in alone}) == 3
 
 
 def test_second_call_with_same_shapes_compiles_nothing(teacher, features):

@@ -10,6 +10,7 @@ was trained on such multi-sentence windows, so the student still learns the teac
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +20,17 @@ from flax_distil.audio import SAMPLE_RATE, load_audio
 from flax_distil.errors import FlaxDistilError
 
 
-def _windows(rows, durations, max_seconds: float, gap: float, words: int, sizes: np.ndarray):
-    """Consecutive groups of rows: window i takes up to sizes[i] utterances, as many as fit
-    its audio (with gaps) and word budget."""
+def _windows(words, durations, gaps, max_seconds: float, max_words: float, sizes: np.ndarray):
+    """Consecutive groups of utterance indices: window i takes up to sizes[i] utterances, as
+    many as fit its audio (with gaps[j] seconds of silence before utterance j) and word budget."""
     groups, current, seconds, count = [], [], 0.0, 0
-    for row, duration in zip(rows, durations, strict=True):
-        length = len(row["text"].split())
+    for index, (length, duration, gap) in enumerate(zip(words, durations, gaps, strict=True)):
         extra = duration + (gap if current else 0.0)
         full = len(current) == sizes[len(groups) % len(sizes)]
-        if current and (full or seconds + extra > max_seconds or count + length > words):
+        if current and (full or seconds + extra > max_seconds or count + length > max_words):
             groups.append(current)
             current, seconds, count, extra = [], 0.0, 0, duration
-        current.append(row)
+        current.append(index)
         seconds += extra
         count += length
     if current:
@@ -43,9 +43,9 @@ def pack_audiofolder(
     output: str | Path,
     *,
     max_seconds: float = 28.0,
-    gap_seconds: float = 0.4,
-    max_words: int = 70,
-    max_utterances: int = 8,
+    gap_seconds: float | tuple[float, float] = 0.4,
+    max_words: int | None = 70,
+    max_utterances: int | None = 8,
     seed: int = 0,
 ) -> Path:
     """Writes `output/metadata.csv` (file_name, text, utterances) and `output/clips/*.flac`.
@@ -54,7 +54,11 @@ def pack_audiofolder(
     that end after one sentence teach the student to stop when the speech stops, as single
     clips need. Utterances longer than `max_seconds` get a window of their own (the data
     filters decide what to do with them); `max_words` keeps a transcript within the label
-    length. Windows are numbered from the shortest transcript to the longest."""
+    length. `gap_seconds` is the silence between utterances, or a (low, high) range to draw
+    each gap from. None lifts a cap: `max_seconds=120, gap_seconds=(0.3, 1.2),
+    max_words=None, max_utterances=None` joins read sentences into two-minute recordings
+    for long-form evaluation. Windows are numbered from the shortest transcript to the
+    longest."""
     import soundfile
 
     source, output = Path(source), Path(output)
@@ -70,22 +74,30 @@ def pack_audiofolder(
         for row in tqdm(rows, desc="reading utterances", unit="utt", leave=False)
     }
     durations = [len(clips[row["file_name"]]) / SAMPLE_RATE for row in rows]
-    sizes = np.random.default_rng(seed).integers(1, max_utterances + 1, size=len(rows))
-    groups = _windows(rows, durations, max_seconds, gap_seconds, max_words, sizes)
+    rng = np.random.default_rng(seed)
+    if max_utterances is None:
+        sizes = np.asarray([len(rows)])
+    else:
+        sizes = rng.integers(1, max_utterances + 1, size=len(rows))
+    low, high = gap_seconds if isinstance(gap_seconds, tuple) else (gap_seconds, gap_seconds)
+    gaps = rng.uniform(low, high, size=len(rows))
+    words = [len(row["text"].split()) for row in rows]
+    word_cap = math.inf if max_words is None else max_words
+    groups = _windows(words, durations, gaps, max_seconds, word_cap, sizes)
     # Shortest transcript first: a pseudo-labelling batch then holds windows that stop decoding
     # at about the same step (training shuffles them anyway).
-    groups.sort(key=lambda group: sum(len(row["text"].split()) for row in group))
-    silence = np.zeros(int(gap_seconds * SAMPLE_RATE), np.float32)
+    groups.sort(key=lambda group: sum(words[i] for i in group))
     (output / "clips").mkdir(parents=True, exist_ok=True)
     records = []
     for index, group in enumerate(tqdm(groups, desc="packing windows", unit="window")):
         pieces = []
-        for position, row in enumerate(group):
+        for position, row_index in enumerate(group):
+            silence = np.zeros(int(gaps[row_index] * SAMPLE_RATE), np.float32)
             pieces += [silence] if position else []
-            pieces.append(clips[row["file_name"]])
+            pieces.append(clips[rows[row_index]["file_name"]])
         name = f"clips/window{index:05d}.flac"
         soundfile.write(output / name, np.concatenate(pieces), SAMPLE_RATE)
-        text = " ".join(row["text"].strip() for row in group)
+        text = " ".join(rows[i]["text"].strip() for i in group)
         records.append((name, text, len(group)))
     with (output / "metadata.csv").open("w", newline="") as handle:  # written last: complete
         writer = csv.writer(handle)

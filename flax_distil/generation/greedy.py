@@ -48,12 +48,13 @@ def generated_lengths(tokens: jax.Array, eos_token_id: int) -> jax.Array:
     return jnp.where(is_end.any(axis=1), jnp.argmax(is_end, axis=1) + 1, tokens.shape[1])
 
 
-def prefill(model, encoder_out, prompt, cache_length):
+def prefill(model, encoder_out, prompt, cache_length, prompt_start=None):
     """Cache for the prompt minus its last token, which the caller feeds next."""
     batch, prompt_length = prompt.shape
     cache = model.init_cache(encoder_out, cache_length)
     if prompt_length > 1:
-        _, cache = model.decode_step(prompt[:, :-1], cache, jnp.zeros(batch, jnp.int32))
+        start = jnp.zeros(batch, jnp.int32)
+        _, cache = model.decode_step(prompt[:, :-1], cache, start, first=prompt_start)
     return cache
 
 
@@ -63,17 +64,21 @@ def greedy_decode(
     state: nnx.State,
     encoder_out: jax.Array,
     prompt: jax.Array,
+    prompt_start: jax.Array | None = None,
     *,
     rules: LogitRules,
     max_new_tokens: int,
 ) -> jax.Array:
-    """Greedy tokens [B, max_new_tokens] after prompt [B, P]; end-of-text pads finished rows."""
+    """Greedy tokens [B, max_new_tokens] after prompt [B, P]; end-of-text pads finished rows.
+
+    Prompts of different lengths are left-padded to P, with prompt_start [B] the index of each
+    row's first token (None: every prompt fills P); padding never affects a row's tokens."""
     model = nnx.merge(graphdef, state)
     batch, prompt_length = prompt.shape
     total = prompt_length + max_new_tokens
     eos = rules.eos_token_id
     tokens = jnp.full((batch, total), eos, jnp.int32).at[:, :prompt_length].set(prompt)
-    cache = prefill(model, encoder_out, prompt, total)
+    cache = prefill(model, encoder_out, prompt, total, prompt_start)
 
     def keep_going(carry):
         step, _, _, done = carry
@@ -83,7 +88,7 @@ def greedy_decode(
         step, tokens, cache, done = carry
         position = jnp.full((batch,), prompt_length - 1 + step, jnp.int32)
         last = jnp.take_along_axis(tokens, position[:, None], axis=1)
-        logits, cache = model.decode_step(last, cache, position)
+        logits, cache = model.decode_step(last, cache, position, first=prompt_start)
         scores = apply_rules(logits[:, 0], tokens, position + 1, prompt_length, rules)
         chosen = jnp.where(done, eos, jnp.argmax(scores, axis=-1).astype(jnp.int32))
         tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, prompt_length + step))

@@ -5,7 +5,9 @@
   students, with its best chunk length of 15 s as the default (on long windows without
   timestamps, small models tend to drop sentences).
 - Sequential: OpenAI's algorithm: decode a 30 s window with timestamps, move the window to the
-  last complete segment's end timestamp, optionally prompting with the previous text.
+  last complete segment's end timestamp, prompting with the tokens decoded so far (timestamps
+  included, as OpenAI and faster-whisper do: conditioned on plain text, Whisper drifts into
+  windows without timestamps, and such a window is consumed whole).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import numpy as np
 
 from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, log_mel
 from flax_distil.errors import FlaxDistilError
-from flax_distil.generation.transcriber import SECONDS_PER_TIMESTAMP, Transcriber
+from flax_distil.generation.transcriber import SECONDS_PER_TIMESTAMP, Transcriber, prompt_width
 from flax_distil.tokenizer import decoder_prompt
 
 SAMPLES_PER_TIMESTAMP = int(SECONDS_PER_TIMESTAMP * SAMPLE_RATE)  # 320
-_PREVIOUS_TEXT_BUCKETS = (16, 32, 64, 128, 223)  # few prompt lengths: few compiled programs
 
 
 def _text_tokens(row: list[int], eos: int) -> list[int]:
@@ -91,22 +92,34 @@ def transcribe_chunked(
     return {"text": transcriber.text(tokens), "tokens": tokens, "windows": len(windows), **stats}
 
 
-def _sequential_prompt(transcriber, previous: list[int], language, task) -> list[int]:
-    prompt = decoder_prompt(
+def _start_tokens(transcriber, first_window, language, task) -> list[int]:
+    """The start sequence with timestamps; a multilingual model without a language detects it
+    on the first window and keeps it for the whole file, as OpenAI's `transcribe` does."""
+    if transcriber.config.is_multilingual and language is None:
+        features = log_mel(batch_audio([first_window]), transcriber.config.num_mel_bins)
+        prompts = transcriber.prompts(transcriber.encode(features), task=task, timestamps=True)
+        return prompts[0].tolist()
+    return decoder_prompt(
         transcriber.tokenizer,
         multilingual=transcriber.config.is_multilingual,
-        language=language or ("en" if transcriber.config.is_multilingual else None),
+        language=language,
         task=task,
         timestamps=True,
     )
-    usable = [b for b in _PREVIOUS_TEXT_BUCKETS if b <= len(previous)]
-    if not usable:
-        return prompt
-    return [transcriber.special.start_of_prev, *previous[-usable[-1] :], *prompt]
+
+
+def previous_text_prompt(transcriber, previous: list[int], start_tokens: list[int]) -> list[int]:
+    """OpenAI's prompt for the next window: <|startofprev|>, the last tokens decoded so far
+    (timestamps included; at most half the decoder's positions minus one), the start tokens."""
+    if not previous:
+        return list(start_tokens)
+    cap = transcriber.config.max_target_positions // 2 - 1
+    return [transcriber.special.start_of_prev, *previous[-cap:], *start_tokens]
 
 
 def _segments_of_window(row, begin):
-    """OpenAI's split of one window's tokens: returns (segments, samples consumed, tokens)."""
+    """OpenAI's split of one window's tokens: (segments as (start s, end s or None, tokens),
+    samples consumed or None for the whole window)."""
     is_timestamp = [t >= begin for t in row]
     single_ending = len(row) >= 2 and not is_timestamp[-2] and is_timestamp[-1]
     cuts = [i for i in range(1, len(row)) if is_timestamp[i] and is_timestamp[i - 1]]
@@ -115,7 +128,7 @@ def _segments_of_window(row, begin):
         end = (
             (stamps[-1] - begin) * SECONDS_PER_TIMESTAMP if stamps and stamps[-1] > begin else None
         )
-        return [(0.0, end, row)], None, row
+        return [(0.0, end, row)], None
     if single_ending:
         cuts.append(len(row))
     segments, last = [], 0
@@ -125,8 +138,10 @@ def _segments_of_window(row, begin):
         end = (piece[-1] - begin) * SECONDS_PER_TIMESTAMP
         segments.append((start, end, piece))
         last = cut
+    # Without a final lone timestamp the text after the last pair is unfinished: the next
+    # window starts at the last pair's time.
     consumed = None if single_ending else (row[last - 1] - begin) * SAMPLES_PER_TIMESTAMP
-    return segments, consumed, row[:last]
+    return segments, consumed
 
 
 def transcribe_sequential(
@@ -139,36 +154,42 @@ def transcribe_sequential(
     max_new_tokens: int = 224,
     num_draft: int = 0,
 ) -> dict:
-    """OpenAI-style sequential long-form transcription with timestamped segments."""
+    """OpenAI's sequential long-form transcription with timestamped segments.
+
+    Each 30 s window is decoded with timestamps; its complete segments are kept and the next
+    window starts at the last complete segment's end (or after the window when it ends with a
+    lone timestamp or has no timestamp pair). With `condition_on_previous`, the prompt carries
+    the tokens kept so far, timestamps included. Segments without text or duration are
+    dropped from the text and the prompt. One difference from OpenAI, on purpose: a window
+    whose last complete segment ends at 0.00 s is passed over whole (OpenAI would decode the
+    same window again)."""
     eos = transcriber.config.eos_token_id
     begin = transcriber.special.timestamp_begin
-    seek, previous, all_tokens, segments = 0, [], [], []
+    start_tokens = _start_tokens(transcriber, audio[:N_SAMPLES], language, task)
+    seek, all_tokens, segments = 0, [], []
     while seek < len(audio):
         window = audio[seek : seek + N_SAMPLES]
-        prompt = _sequential_prompt(
-            transcriber, previous if condition_on_previous else [], language, task
-        )
-        limit = transcriber.config.max_target_positions - len(prompt) - num_draft - 1
+        previous = all_tokens if condition_on_previous else []
+        prompt = previous_text_prompt(transcriber, previous, start_tokens)
+        slots = prompt_width(len(prompt), transcriber.config.max_target_positions)
         generated = transcriber.generate(
             log_mel(batch_audio([window]), transcriber.config.num_mel_bins),
-            prompts=np.asarray([prompt], np.int32),
+            prompts=[prompt],
             timestamps=True,
-            max_new_tokens=min(max_new_tokens, limit),
+            max_new_tokens=min(max_new_tokens, transcriber.max_new_tokens_limit(slots, num_draft)),
             num_draft=num_draft,
         )
         row = _text_tokens(generated.rows()[0], eos)
         offset = seek / SAMPLE_RATE
-        pieces, consumed, kept = _segments_of_window(row, begin)
-        window_seconds = len(window) / SAMPLE_RATE
+        pieces, consumed = _segments_of_window(row, begin)
         for start, end, piece in pieces:
+            end = len(window) / SAMPLE_RATE if end is None else end
             text = transcriber.text(piece)
-            if text:
-                end = window_seconds if end is None else end
+            if text and end > start:
                 segments.append(
                     {"start": round(offset + start, 2), "end": round(offset + end, 2), "text": text}
                 )
-        seek += consumed if consumed and consumed > 0 else len(window)
-        all_tokens += kept
-        previous += [t for t in kept if t < begin]
+                all_tokens += piece
+        seek += consumed if consumed else len(window)
     text = " ".join(segment["text"] for segment in segments)
     return {"text": text, "tokens": all_tokens, "segments": segments}

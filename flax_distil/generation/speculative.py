@@ -57,19 +57,18 @@ def draft_head(student, draft_vocab: int | None, first_special: int):
     return logits
 
 
-def _draft(student, head, s_cache, tokens, length, prompt_length, rules, num_draft):
+def _draft(student, head, s_cache, tokens, length, prompt_length, prompt_start, rules, num_draft):
     """K greedy student tokens after each row's length; returns (tokens with drafts, cache)."""
+    step = functools.partial(student.decode_step, project=False, first=prompt_start)
     start = jnp.maximum(length - 2, 0)
-    hidden, s_cache = student.decode_step(_gather(tokens, start, 2), s_cache, start, project=False)
+    hidden, s_cache = step(_gather(tokens, start, 2), s_cache, start)
     hidden = jnp.take_along_axis(hidden, (length - 1 - start)[:, None, None], axis=1)[:, 0]
     for j in range(num_draft):
         scores = apply_rules(head(hidden), tokens, length + j, prompt_length, rules)
         draft = jnp.argmax(scores, axis=-1).astype(jnp.int32)
         tokens = write_rows(tokens, draft[:, None], length + j)
         if j + 1 < num_draft:
-            hidden, s_cache = student.decode_step(
-                draft[:, None], s_cache, length + j, project=False
-            )
+            hidden, s_cache = step(draft[:, None], s_cache, length + j)
             hidden = hidden[:, 0]
     return tokens, s_cache
 
@@ -86,6 +85,7 @@ def speculative_decode(
     s_state: nnx.State,
     encoder_out: jax.Array,
     prompt: jax.Array,
+    prompt_start: jax.Array | None = None,
     *,
     rules: LogitRules,
     max_new_tokens: int,
@@ -93,15 +93,16 @@ def speculative_decode(
     draft_vocab: int | None = None,
 ):
     """Teacher-greedy tokens [B, max_new_tokens]; verifications and accepted drafts, summed
-    over rows (their ratio is the mean number of drafts accepted per verification)."""
+    over rows (their ratio is the mean number of drafts accepted per verification). Prompts
+    are left-padded as in `greedy_decode`."""
     teacher, student = nnx.merge(t_graphdef, t_state), nnx.merge(s_graphdef, s_state)
     head = draft_head(student, draft_vocab, rules.first_special_token)
     batch, prompt_length = prompt.shape
     eos, end = rules.eos_token_id, prompt_length + max_new_tokens
     buffer = end + num_draft + 1  # room for a final round's drafts past the limit
     tokens = jnp.full((batch, buffer), eos, jnp.int32).at[:, :prompt_length].set(prompt)
-    t_cache = prefill(teacher, encoder_out, prompt, buffer)
-    s_cache = prefill(student, encoder_out, prompt, buffer)
+    t_cache = prefill(teacher, encoder_out, prompt, buffer, prompt_start)
+    s_cache = prefill(student, encoder_out, prompt, buffer, prompt_start)
 
     def keep_going(carry):
         return ~carry[4].all()
@@ -109,10 +110,10 @@ def speculative_decode(
     def one_round(carry):
         tokens, length, t_cache, s_cache, done, row_rounds, accepted = carry
         drafted, s_cache = _draft(
-            student, head, s_cache, tokens, length, prompt_length, rules, num_draft
+            student, head, s_cache, tokens, length, prompt_length, prompt_start, rules, num_draft
         )
         logits, t_cache = teacher.decode_step(
-            _gather(drafted, length - 1, num_draft + 1), t_cache, length - 1
+            _gather(drafted, length - 1, num_draft + 1), t_cache, length - 1, first=prompt_start
         )
         choices = jnp.stack(
             [

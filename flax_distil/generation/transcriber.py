@@ -30,6 +30,27 @@ def bucket_size(batch: int) -> int:
     return 1 << max(batch - 1, 0).bit_length()
 
 
+def prompt_width(length: int, max_target_positions: int) -> int:
+    """Slots a prompt of `length` tokens is left-padded to: powers of two from 8, then half the
+    decoder's positions plus 4 (OpenAI's longest prompt: 223 previous tokens, <|startofprev|>
+    and 3 start tokens), so a few programs serve every prompt. Longer prompts stay as they are."""
+    if length <= 4:
+        return length  # the plain start sequences: no padding
+    widths = [8, 16, 32, 64, 128, max_target_positions // 2 + 4]
+    return next((w for w in widths if w >= length), length)
+
+
+def pad_prompts(prompts: list[list[int]], max_target_positions: int):
+    """Left-pads token lists to one width: (prompts [B, P], first real slot per row [B], or None
+    when no row needed padding)."""
+    width = prompt_width(max(len(p) for p in prompts), max_target_positions)
+    starts = np.asarray([width - len(p) for p in prompts], np.int32)
+    padded = np.zeros((len(prompts), width), np.int32)
+    for row, prompt in zip(padded, prompts, strict=True):
+        row[width - len(prompt) :] = prompt
+    return padded, (starts if starts.any() else None)
+
+
 def _pad_rows(array, rows: int):
     array = jnp.asarray(array)
     if array.shape[0] == rows:
@@ -135,18 +156,26 @@ class Transcriber:
         timestamps: bool = False,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         num_draft: int = 0,
-        prompts: np.ndarray | None = None,
+        prompts: list[list[int]] | None = None,
     ) -> Generated:
         """Tokens for features [B, mels, 3000]; speculative when num_draft > 0 and an assistant
-        is loaded. Output is identical either way."""
+        is loaded. Output is identical either way. `prompts`: each row's own decoder prompt
+        (any lengths; e.g. <|startofprev|> + previous text + start tokens) instead of the
+        start tokens built from language, task and timestamps."""
         batch = len(features)
         rows = bucket_size(batch)
         encoder_out = self.encode(_pad_rows(features, rows))
+        prompt_start = None
         if prompts is None:
             prompts = self.prompts(encoder_out, language=language, task=task, timestamps=timestamps)
         else:
-            prompts = np.asarray(_pad_rows(prompts, rows))
-        limit = self.config.max_target_positions - prompts.shape[1] - (num_draft + 1)
+            padded, prompt_start = pad_prompts(
+                [list(p) for p in prompts], self.config.max_target_positions
+            )
+            prompts = np.asarray(_pad_rows(padded, rows))
+            if prompt_start is not None:
+                prompt_start = _pad_rows(prompt_start, rows)
+        limit = self.max_new_tokens_limit(prompts.shape[1], num_draft)
         if not 0 < max_new_tokens <= limit:
             raise FlaxDistilError(f"max_new_tokens must be between 1 and {limit}")
         rules = self.rules(timestamps)
@@ -159,12 +188,15 @@ class Transcriber:
                 *self.assistant,
                 encoder_out,
                 prompts,
+                prompt_start,
                 num_draft=num_draft,
                 draft_vocab=self.draft_vocab,
                 **decoding,
             )
         else:
-            tokens = greedy_decode(self.graphdef, self.state, encoder_out, prompts, **decoding)
+            tokens = greedy_decode(
+                self.graphdef, self.state, encoder_out, prompts, prompt_start, **decoding
+            )
         lengths = generated_lengths(tokens, rules.eos_token_id)
         return Generated(
             tokens=np.asarray(tokens)[:batch],
@@ -172,6 +204,11 @@ class Transcriber:
             verifications=int(verifications),
             accepted_drafts=int(accepted),
         )
+
+    def max_new_tokens_limit(self, prompt_slots: int, num_draft: int = 0) -> int:
+        """The most tokens a row can generate after `prompt_slots` prompt slots (speculative
+        decoding needs room for a last round of drafts)."""
+        return self.config.max_target_positions - prompt_slots - (num_draft + 1)
 
     def text(self, tokens) -> str:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
