@@ -105,7 +105,7 @@ def _create_student(args: argparse.Namespace) -> None:
 
 def _pseudo_label(args: argparse.Namespace) -> None:
     from flax_distil.data import spec_from_argument
-    from flax_distil.distributed import join_processes
+    from flax_distil.parallel import join_processes
     from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
 
     options = PseudoLabelOptions(
@@ -258,9 +258,8 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from flax_distil.config import load_config
-    from flax_distil.distributed import join_processes
-    from flax_distil.train import train
+    from flax_distil.parallel import join_processes
+    from flax_distil.train import load_config, train
 
     config = load_config(args.config, args.overrides)  # validated before any device work
     join_processes(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)

@@ -80,14 +80,13 @@ def _real_recordings() -> Path:
 
 def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
     """Runs (or resumes) every stage; returns paths and timings."""
-    from flax_distil.config import load_config
     from flax_distil.data import SourceSpec
     from flax_distil.data.packing import pack_audiofolder
     from flax_distil.demo_speech import make_demo_data
     from flax_distil.interop import load_checkpoint, save_hf_checkpoint
     from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
     from flax_distil.student import make_student, spaced_layers
-    from flax_distil.train import train
+    from flax_distil.train import load_config, train
 
     workdir = Path(workdir)
     config_path = _config_path(options)

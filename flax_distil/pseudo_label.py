@@ -22,7 +22,7 @@ wer_column="wer", wer_threshold=10)`), so one labelling run serves any threshold
 
 Batches go through `Transcriber`'s greedy decoder, padded to their power-of-two bucket (a multiple
 of the device count) and split over all local devices by a `NamedSharding` on a 1-D mesh.
-Multi-host jobs join `jax.distributed` first (`flax_distil.distributed.join_processes`).
+Multi-host jobs join `jax.distributed` first (`flax_distil.parallel.join_processes`).
 """
 
 from __future__ import annotations
@@ -117,10 +117,10 @@ def pseudo_label(
         rows_done, seconds_done = rows_done + stats["rows"], seconds_done + stats["audio_seconds"]
     job.progress.close()
     if count > 1:  # also waits until every process's shards exist
-        from jax.experimental import multihost_utils
+        from flax_distil.parallel import allgather
 
-        rows_done = int(np.sum(multihost_utils.process_allgather(np.int32(rows_done))))
-        seconds_done = float(np.sum(multihost_utils.process_allgather(np.float32(seconds_done))))
+        rows_done = int(np.sum(allgather(np.int32(rows_done))))
+        seconds_done = float(np.sum(allgather(np.float32(seconds_done))))
     if index != 0:
         return None
     wall_seconds = time.perf_counter() - started

@@ -10,9 +10,9 @@ Without --checkpoint the teacher has random weights of large-v3's shapes (d_mode
 layers, 20 heads, ffn 5120, 128 mels, vocab 51866), and the student is built from it the way
 `make_student` does (encoder copied and shared, decoder layers 0 and 31 copied).
 
-Prints: the compiled step's per-device memory (`train.describe`, what `--dry-run` prints) next to
-the measured peak (`memory_stats()['peak_bytes_in_use']`), the median step time, counted model
-FLOP/s, and MFU against a bf16 matmul measured in the same process.
+Prints: the compiled step's per-device memory (`train.run.describe`: what `--dry-run` prints)
+next to the measured peak (`memory_stats()['peak_bytes_in_use']`), the median step time, counted
+model FLOP/s, and MFU against a bf16 matmul measured in the same process.
 """
 
 from __future__ import annotations
@@ -104,10 +104,11 @@ def main() -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from flax_distil import flops, sharding, train
-    from flax_distil.config import load_config
-    from flax_distil.optimizer import make_optimizer
-    from flax_distil.train_step import DistillModels
+    from flax_distil import parallel
+    from flax_distil.train import flops, load_config
+    from flax_distil.train import run as runs
+    from flax_distil.train.optimizer import make_optimizer
+    from flax_distil.train.step import DistillModels, jit_train_step
 
     config = load_config(args.config, args.overrides)
     devices = jax.devices()[:1]
@@ -133,19 +134,19 @@ def main() -> int:
     student_config, teacher_config = student.config, teacher.config
     models = DistillModels.build(student, teacher, freeze_encoder=model.freeze_encoder)
     del student, teacher  # the teacher's encoder (the student's copy is shared) can go
-    settings = train.step_settings(config, student_config.num_mel_bins)
-    mesh = sharding.make_mesh(1, 1, devices)
-    run = train.Run(config, Path("."), None, None, models, mesh, settings, [])
+    settings = runs.step_settings(config, student_config.num_mel_bins)
+    mesh = parallel.make_mesh(1, 1, devices)
+    run = runs.Run(config, Path("."), None, None, models, mesh, settings, [])
     optimizer, schedule = make_optimizer(config.train)
-    state, _ = train.sharded_state(run, optimizer)
-    shapes = train.batch_shapes(run)
+    state, _ = runs.sharded_state(run, optimizer)
+    shapes = runs.batch_shapes(run)
     print(f"models built in {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
-    step = train.jit_train_step(models, settings, optimizer, schedule, mesh, state, shapes)
+    step = jit_train_step(models, settings, optimizer, schedule, mesh, state, shapes)
     compiled = step.lower(state, models.frozen, shapes).compile()
     print(f"compiled in {time.perf_counter() - started:.0f} s")
-    print(train.describe(run, state, compiled))
+    print(runs.describe(run, state, compiled))
 
     rng = np.random.default_rng(0)
     batch_size, length = config.train.batch_size, config.data.max_label_length

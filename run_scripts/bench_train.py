@@ -123,8 +123,8 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
     import jax
     import optax
 
-    from flax_distil import train_step as ts
-    from flax_distil.losses import distillation_sums
+    from flax_distil.train import step as ts
+    from flax_distil.train.losses import distillation_sums
 
     student_def, teacher_def = models.graphs
     frozen, params = models.frozen, state["params"]
@@ -213,13 +213,14 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from flax_distil import flops, sharding
-    from flax_distil.config import TrainConfig
+    from flax_distil import parallel
     from flax_distil.interop import build_model, load_checkpoint, save_hf_checkpoint
-    from flax_distil.optimizer import make_optimizer
     from flax_distil.student import make_student
     from flax_distil.tokenizer import decoder_prompt
-    from flax_distil.train_step import (
+    from flax_distil.train import flops
+    from flax_distil.train.config import TrainConfig
+    from flax_distil.train.optimizer import make_optimizer
+    from flax_distil.train.step import (
         DistillModels,
         StepSettings,
         init_train_state,
@@ -237,10 +238,10 @@ def main() -> None:
         learning_rate=LR, warmup_steps=0, schedule="constant", max_grad_norm=CLIP
     )
     optimizer, schedule = make_optimizer(train_config)
-    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
     prompt = decoder_prompt(student_ckpt.tokenizer, multilingual=False, language="en")
     host_batch = make_batch(args.batch, args.length, prompt, text_tokens=50257)
-    batch = jax.device_put(host_batch, sharding.batch_sharding(mesh))
+    batch = jax.device_put(host_batch, parallel.batch_sharding(mesh))
     state = init_train_state(models, optimizer, seed=0)
     parts = {}
     if args.parts:  # before the step, which donates (deletes) the initial parameters

@@ -5,7 +5,7 @@
 
 Makes demo speech (an audiofolder of 16 kHz FLAC), builds the trainer's run (teacher ->
 2-layer student, `build_run`, `train_batches` with the background prefetch, `sharded_state`,
-`jit_train_step`) and drives the steps as `train_loop.Loop` does: take the next host batch,
+`jit_train_step`) and drives the steps as `train.loop.Loop` does: take the next host batch,
 make the global arrays, dispatch the step, then read the previous step's metrics. It times,
 per step, the wait inside `next(batches)` (the loop waiting for the input pipeline) and the
 whole iteration (the step time), and reports both after the warm-up steps (compilation).
@@ -40,12 +40,12 @@ def main() -> None:
 
     import jax
 
-    from flax_distil import sharding
-    from flax_distil.config import load_config
+    from flax_distil import parallel
     from flax_distil.demo_speech import make_demo_data
-    from flax_distil.optimizer import make_optimizer
-    from flax_distil.train import STEP_INPUTS, build_run, sharded_state, train_batches
-    from flax_distil.train_step import jit_train_step
+    from flax_distil.train import load_config
+    from flax_distil.train.optimizer import make_optimizer
+    from flax_distil.train.run import STEP_INPUTS, build_run, sharded_state, train_batches
+    from flax_distil.train.step import jit_train_step
 
     tmp = Path(tempfile.mkdtemp())
     folder = make_demo_data(tmp / "demo", args.utterances, seed=0)
@@ -68,7 +68,7 @@ def main() -> None:
     batches = train_batches(run)  # the trainer's pipeline: prefetch thread, config.data.prefetch
 
     def inputs(batch):
-        return sharding.global_batch(run.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS})
+        return parallel.global_batch(run.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS})
 
     step_fn = None
     pending, waits, steps, ready = None, [], [], []

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from flax_distil.demo import DemoOptions, run_demo
-from flax_distil.metric_writer import read_metrics
+from flax_distil.train.metric_writer import read_metrics
 
 from .conftest import torch_forward
 

@@ -21,20 +21,13 @@ import pytest
 from jax.tree_util import tree_leaves_with_path
 from safetensors.numpy import load_file
 
-from flax_distil import sharding
-from flax_distil.config import load_config
+from flax_distil import parallel
 from flax_distil.errors import FlaxDistilError
-from flax_distil.metric_writer import read_metrics
-from flax_distil.optimizer import make_optimizer
-from flax_distil.train import (
-    STEP_INPUTS,
-    build_run,
-    export_from_workdir,
-    sharded_state,
-    train,
-    train_batches,
-)
-from flax_distil.train_step import jit_train_step, optimizer_state_bytes
+from flax_distil.train import export_from_workdir, load_config, train
+from flax_distil.train.metric_writer import read_metrics
+from flax_distil.train.optimizer import make_optimizer
+from flax_distil.train.run import STEP_INPUTS, build_run, sharded_state, train_batches
+from flax_distil.train.step import jit_train_step, optimizer_state_bytes
 
 from .conftest import small_whisper
 
@@ -70,7 +63,7 @@ def settings(teacher, corpus, **extra) -> list[str]:
 def fixed_batch(run):
     batches = train_batches(run)
     batch = next(batches)
-    return sharding.global_batch(run.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS})
+    return parallel.global_batch(run.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS})
 
 
 def steps_on_one_batch(run, optimizer, schedule, state, count):
@@ -260,9 +253,9 @@ def test_sigterm_and_kill_then_rerun_equal_an_uninterrupted_run(tiny_teacher, co
 def test_nan_stops_with_last_good_checkpoint_restorable(
     tiny_teacher, corpus, tmp_path, monkeypatch
 ):
-    from flax_distil import train_loop
+    from flax_distil.train import loop
 
-    real_global_batch = train_loop.sharding.global_batch
+    real_global_batch = loop.parallel.global_batch
     calls = {"n": 0}
 
     def poisoned(mesh, batch):
@@ -271,7 +264,7 @@ def test_nan_stops_with_last_good_checkpoint_restorable(
             batch = {**batch, "audio": np.full_like(batch["audio"], np.nan)}
         return real_global_batch(mesh, batch)
 
-    monkeypatch.setattr(train_loop.sharding, "global_batch", poisoned)
+    monkeypatch.setattr(loop.parallel, "global_batch", poisoned)
     config = load_config(None, settings(tiny_teacher, corpus, **{"checkpoint.every": 2}))
     with pytest.raises(FlaxDistilError, match="step 5: the loss or gradient is not finite"):
         train(config, tmp_path / "stop")
@@ -331,7 +324,7 @@ def test_rerun_with_a_different_model_is_refused(tiny_teacher, corpus, tmp_path)
 
 
 def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
-    from flax_distil.train_step import jit_eval_step
+    from flax_distil.train.step import jit_eval_step
 
     config = load_config(None, settings(tiny_teacher, corpus, **{"model.dropout": 0.3}))
     run = build_run(config, tmp_path)
@@ -355,7 +348,7 @@ def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
 
 
 def test_cached_encoder_outputs_train_like_the_encoder(tiny_teacher, corpus, tmp_path, monkeypatch):
-    from flax_distil import encoder_cache
+    from flax_distil.train import encoder_cache
 
     caches = []
     real_init = encoder_cache.EncoderCache.__init__

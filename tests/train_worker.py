@@ -26,8 +26,7 @@ def main(argv):
             num_processes=num_processes,
             process_id=process_id,
         )
-    from flax_distil.config import load_config
-    from flax_distil.train import train
+    from flax_distil.train import load_config, train
 
     train(load_config(None, rest), workdir)
 

@@ -1,44 +1,38 @@
-"""`flax-distil train`: the distillation loop, in labelled phases (big_vision style).
+"""Building a training run: workdir and config, models, mesh, data, sharded state, FLOPs.
 
-    flax-distil train --config configs/tiny_en_demo.yaml --workdir runs/demo train.num_steps=50
+    run = build_run(config, prepare_workdir(config, workdir))
+    state, state_shardings = sharded_state(run, optimizer)
 
-Phases: workdir and config; models; mesh and data; optimiser and sharded state; resume;
-compile; loop (log, eval, checkpoint, preemption); final eval, checkpoint and export. Running
-again on the same workdir resumes from its latest checkpoint exactly: same batches, same
-parameters, same loss curve. The math lives in `train_step`, the data in `flax_distil.data`.
+`Run` holds what every later stage needs (checkpoints of both models, the split models, the
+mesh, the step's static settings, the decoder prompt); the loop (`train.loop`), evaluation
+during training (`train.eval`) and export (`train.export`) take it. Rerunning on a workdir checks
+that the config still describes the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import signal
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import yaml
 
-from flax_distil import checkpointing, flops, sharding, train_eval
-from flax_distil.config import Config, dump_yaml, from_dict, source_specs
+from flax_distil import parallel
 from flax_distil.data import Batches, BatchSpec, ExampleFilter, ExampleStream, Source
 from flax_distil.errors import FlaxDistilError
-from flax_distil.generation.rules import LogitRules
-from flax_distil.metric_writer import flatten
-from flax_distil.optimizer import make_optimizer
 from flax_distil.tokenizer import decoder_prompt
-from flax_distil.train_step import (
+from flax_distil.train import flops
+from flax_distil.train.config import Config, dump_yaml, from_dict, source_specs
+from flax_distil.train.metric_writer import flatten
+from flax_distil.train.step import (
     DistillModels,
     StepSettings,
     count_params,
     init_train_state,
-    jit_eval_step,
-    jit_train_step,
     optimizer_state_bytes,
 )
 
-log = logging.getLogger(__name__)
 STEP_INPUTS = ("decoder_input_ids", "labels", "loss_mask", "audio", "features")
 # Keys that must not change between a run and its resumption.
 RESUME_KEYS = ("model", "data.train", "data.seed", "loss", "train.batch_size", "train.seed")
@@ -46,7 +40,7 @@ RESUME_KEYS = ("model", "data.train", "data.seed", "loss", "train.batch_size", "
 
 @dataclasses.dataclass
 class Run:
-    """Everything the phases build, for the loop and for tests."""
+    """Everything a training run is built from, for the loop, evaluation, export and tests."""
 
     config: Config
     workdir: Path
@@ -58,7 +52,7 @@ class Run:
     prompt: list[int]
 
 
-# Phase 1: workdir and config ---------------------------------------------------------------
+# Workdir and config -------------------------------------------------------------------------------
 
 
 def prepare_workdir(config: Config, workdir: str | Path) -> Path:
@@ -84,7 +78,7 @@ def prepare_workdir(config: Config, workdir: str | Path) -> Path:
     return workdir
 
 
-# Phase 2: models ---------------------------------------------------------------------------
+# Models -------------------------------------------------------------------------------------------
 
 
 def step_settings(config: Config, num_mel_bins: int) -> StepSettings:
@@ -128,16 +122,16 @@ def build_run(config: Config, workdir: Path, devices=None) -> Run:
         multilingual=student.config.is_multilingual,
         language=config.data.language,
     )
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     return Run(
         config, workdir, teacher_checkpoint, student_checkpoint, models, mesh, settings, prompt
     )
 
 
-# Phase 3: data -----------------------------------------------------------------------------
+# Data ---------------------------------------------------------------------------------------------
 
 
-def _limits(config: Config) -> ExampleFilter:
+def example_limits(config: Config) -> ExampleFilter:
     return ExampleFilter(min_seconds=config.data.min_seconds, max_seconds=config.data.max_seconds)
 
 
@@ -145,7 +139,7 @@ def train_batches(run: Run) -> Batches:
     data, train = run.config.data, run.config.train
     if not data.train:
         raise FlaxDistilError("data.train is empty: name at least one training source")
-    host_batch = sharding.check_batch_size(run.mesh, train.batch_size, train.microbatches)
+    host_batch = parallel.check_batch_size(run.mesh, train.batch_size, train.microbatches)
     sources = [Source(spec) for _, spec in source_specs(data.train)]
     stream = ExampleStream(
         sources,
@@ -153,7 +147,7 @@ def train_batches(run: Run) -> Batches:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         block_size=host_batch,
-        limits=_limits(run.config),
+        limits=example_limits(run.config),
         max_skip_ratio=data.max_skip_ratio,
     )
     spec = BatchSpec(
@@ -171,7 +165,7 @@ def train_batches(run: Run) -> Batches:
 def batch_shapes(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
     """Global shapes of the step's inputs, for compiling without data (`--dry-run`)."""
     batch, length = run.config.train.batch_size, run.config.data.max_label_length
-    spec = sharding.batch_sharding(run.mesh)
+    spec = parallel.batch_sharding(run.mesh)
     shapes = {
         "decoder_input_ids": ((batch, length), jnp.int32),
         "labels": ((batch, length), jnp.int32),
@@ -190,15 +184,15 @@ def batch_shapes(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(s, d, sharding=spec) for k, (s, d) in shapes.items()}
 
 
-# Phase 4: optimiser and sharded state -------------------------------------------------------
+# Sharded state, memory and FLOPs ------------------------------------------------------------------
 
 
 def sharded_state(run: Run, optimizer):
     state = init_train_state(run.models, optimizer, run.config.train.seed)
-    state_shardings = sharding.state_shardings(run.mesh, state)
+    state_shardings = parallel.state_shardings(run.mesh, state)
     state = jax.device_put(state, state_shardings)
     run.models.frozen = jax.device_put(
-        run.models.frozen, sharding.state_shardings(run.mesh, run.models.frozen)
+        run.models.frozen, parallel.state_shardings(run.mesh, run.models.frozen)
     )
     return state, state_shardings
 
@@ -229,93 +223,6 @@ def describe(run: Run, state, compiled) -> str:
     return "\n".join(lines)
 
 
-# Phase 7: the loop --------------------------------------------------------------------------
-
-
-class Preemption:
-    """SIGTERM (TPU preemption, SLURM, `kill`) asks the loop to checkpoint and exit."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def agreed(self) -> bool:
-        """Whether any host was asked to stop (all hosts must save together)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.asarray(self.requested))
-        return bool(np.any(flags))
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
-
-
-def train(config: Config, workdir: str | Path, *, dry_run: bool = False, devices=None) -> dict:
-    """Trains (or resumes) in `workdir`; returns the last train and eval metrics."""
-    from flax_distil.train_loop import Loop
-
-    workdir = prepare_workdir(config, workdir)
-    run = build_run(config, workdir, devices)
-    optimizer, schedule = make_optimizer(config.train)
-    state, state_shardings = sharded_state(run, optimizer)
-    step_fn = jit_train_step(
-        run.models, run.settings, optimizer, schedule, run.mesh, state, batch_shapes(run)
-    )
-    if dry_run:
-        compiled = step_fn.lower(state, run.models.frozen, batch_shapes(run)).compile()
-        report = describe(run, state, compiled)
-        print(report)
-        return {"report": report}
-    loop = Loop(run, step_fn, schedule, state, state_shardings)
-    try:
-        return loop.run()
-    finally:
-        loop.close()
-
-
-def eval_rules(run: Run) -> LogitRules:
-    return LogitRules.from_generation_config(
-        run.student_checkpoint.generation, run.student_checkpoint.tokenizer
-    )
-
-
-def make_eval(run: Run):
-    """A function trainable -> ({set: metrics}, {set: samples}), or None without eval sets."""
-    config = run.config
-    if not config.data.eval:
-        return None
-    eval_sets = train_eval.load_eval_sets(
-        source_specs(config.data.eval), config.eval.max_examples, _limits(config)
-    )
-    eval_step = jit_eval_step(
-        run.models, run.settings, run.mesh, ("decoder_input_ids", "labels", "loss_mask", "audio")
-    )
-    rules = eval_rules(run)
-
-    def evaluate(trainable):
-        return train_eval.evaluate_sets(
-            eval_sets,
-            run.models,
-            trainable,
-            eval_step,
-            mesh=run.mesh,
-            tokenizer=run.student_checkpoint.tokenizer,
-            prompt=run.prompt,
-            rules=rules,
-            batch_size=config.eval.batch_size,
-            max_label_length=config.data.max_label_length,
-            max_new_tokens=config.eval.max_new_tokens,
-            num_mel_bins=run.settings.num_mel_bins,
-        )
-
-    return evaluate
-
-
 def peak_flops(run: Run) -> float:
     if run.config.log.peak_flops:
         return run.config.log.peak_flops
@@ -332,40 +239,3 @@ def step_flops(run: Run, label_length: int | None = None) -> float:
         kl=run.settings.kl_weight > 0,
         encoder=not run.config.data.cache_encoder_outputs,
     )
-
-
-def export_student(run: Run, trainable, output: str | Path) -> Path:
-    """Writes the student (trained decoder + frozen encoder) as a Hugging Face directory."""
-    from flax_distil.interop import checkpoint_from_model, save_hf_checkpoint
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        trainable = multihost_utils.process_allgather(trainable, tiled=True)
-    student = run.models.student(trainable)
-    checkpoint = checkpoint_from_model(student, like=run.student_checkpoint)
-    if jax.process_index() == 0:
-        save_hf_checkpoint(checkpoint, Path(output))
-    return Path(output)
-
-
-def export_from_workdir(workdir: str | Path, output: str | Path, step: int | None = None) -> int:
-    """Exports the student of a checkpoint (the latest by default); returns the step."""
-    workdir = Path(workdir)
-    config_path = workdir / "config.yaml"
-    if not config_path.exists():
-        raise FlaxDistilError(f"{workdir} is not a training workdir (no config.yaml)")
-    config = from_dict(yaml.safe_load(config_path.read_text()))
-    run = build_run(config, workdir)
-    optimizer, _ = make_optimizer(config.train)
-    state, state_shardings = sharded_state(run, optimizer)
-    checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
-    available = checkpointer.manager.all_steps()
-    step = checkpointer.latest_step() if step is None else step
-    if step is None or step not in available:
-        raise FlaxDistilError(f"{workdir}: no checkpoint for step {step}; there are {available}")
-    abstract = checkpointing.abstract_like(state, state_shardings)
-    restored, _ = checkpointer.restore(step, abstract)
-    export_student(run, restored["params"], output)
-    checkpointer.close()
-    return step

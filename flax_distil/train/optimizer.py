@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from flax_distil.config import TrainConfig
+from flax_distil.train.config import TrainConfig
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:

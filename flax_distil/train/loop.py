@@ -1,8 +1,15 @@
-"""The training loop proper: resume, steps, logging, eval, checkpoints, preemption, export.
+"""`flax-distil train`: the training loop with resume, logging, eval, checkpoints and preemption.
+
+    flax-distil train --config configs/tiny_en_demo.yaml --workdir runs/demo train.num_steps=50
+
+`train` builds the run (`train.run`), compiles the step, then loops: log, eval, checkpoint, and
+on SIGTERM save and exit. Running again on the same workdir resumes from its latest checkpoint
+exactly: same batches, same parameters, same loss curve. The math lives in `train.step`, the
+data in `flax_distil.data`.
 
 Metrics of step t are read after step t + 1 has been dispatched, so the host never stalls the
 device to fetch them; they are read at once when a log, eval or checkpoint needs them. A step
-whose loss or gradient is not finite has left the state unchanged (see `train_step`): with
+whose loss or gradient is not finite has left the state unchanged (see `train.step`): with
 `train.on_nan=stop` the run ends with an error and the last good checkpoint stays the latest;
 with `skip` it is counted and training goes on.
 """
@@ -10,27 +17,37 @@ with `skip` it is counted and training goes on.
 from __future__ import annotations
 
 import logging
+import signal
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from flax_distil import checkpointing, sharding
+from flax_distil import parallel
 from flax_distil.data.batches import pad_labels
-from flax_distil.encoder_cache import EncoderCache
 from flax_distil.errors import FlaxDistilError
-from flax_distil.metric_writer import MetricWriter, flatten
-from flax_distil.train import (
+from flax_distil.train import checkpoints
+from flax_distil.train.config import Config
+from flax_distil.train.encoder_cache import EncoderCache
+from flax_distil.train.eval import make_eval
+from flax_distil.train.export import export_student
+from flax_distil.train.metric_writer import MetricWriter, flatten
+from flax_distil.train.optimizer import make_optimizer
+from flax_distil.train.run import (
     STEP_INPUTS,
-    Preemption,
     Run,
-    export_student,
-    make_eval,
+    batch_shapes,
+    build_run,
+    describe,
     peak_flops,
+    prepare_workdir,
+    sharded_state,
     step_flops,
     train_batches,
 )
+from flax_distil.train.step import jit_train_step
 
 log = logging.getLogger(__name__)
 LOGGED = ("loss", "ce", "kl", "grad_norm", "param_norm", "learning_rate")
@@ -38,17 +55,34 @@ LOGGED = ("loss", "ce", "kl", "grad_norm", "param_norm", "learning_rate")
 
 def agreed_label_length(local_length: int) -> int:
     """The longest label length over all processes (their rows form one global array)."""
-    from jax.experimental import multihost_utils
+    return int(np.max(parallel.allgather(np.int32(local_length))))
 
-    lengths = multihost_utils.process_allgather(np.int32(local_length))
-    return int(np.max(lengths))
+
+class Preemption:
+    """SIGTERM (TPU preemption, SLURM, `kill`) asks the loop to checkpoint and exit."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any host was asked to stop (all hosts must save together)."""
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(np.any(parallel.allgather(np.asarray(self.requested))))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
 
 class Loop:
     def __init__(self, run: Run, step_fn, schedule, state, state_shardings):
         self.job, self.step_fn, self.state = run, step_fn, state
         self.config = run.config
-        self.checkpointer = checkpointing.Checkpointer(run.workdir, self.config.checkpoint)
+        self.checkpointer = checkpoints.Checkpointer(run.workdir, self.config.checkpoint)
         self.batches = train_batches(run)
         self.start_step = self._resume(state_shardings)
         self.writer = MetricWriter(run.workdir, resume_step=self.start_step)
@@ -65,7 +99,7 @@ class Loop:
         step = self.checkpointer.latest_step()
         if step is None:
             return 0
-        abstract = checkpointing.abstract_like(self.state, state_shardings)
+        abstract = checkpoints.abstract_like(self.state, state_shardings)
         self.state, data_state = self.checkpointer.restore(step, abstract)
         self.batches.restore(data_state)
         print(f"resumed from step {step} in {self.checkpointer.directory}")
@@ -94,7 +128,7 @@ class Loop:
                 length = agreed_label_length(batch["labels"].shape[1])
                 batch = pad_labels(batch, length, self.batches.eos)
             interval_flops += step_flops(self.job, batch["labels"].shape[1])
-            arrays = sharding.global_batch(
+            arrays = parallel.global_batch(
                 self.job.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS}
             )
             if self.encoder_cache is not None:
@@ -191,3 +225,24 @@ class Loop:
         self.checkpointer.close()
         self.writer.close()
         self.preemption.restore()
+
+
+def train(config: Config, workdir: str | Path, *, dry_run: bool = False, devices=None) -> dict:
+    """Trains (or resumes) in `workdir`; returns the last train and eval metrics."""
+    workdir = prepare_workdir(config, workdir)
+    run = build_run(config, workdir, devices)
+    optimizer, schedule = make_optimizer(config.train)
+    state, state_shardings = sharded_state(run, optimizer)
+    step_fn = jit_train_step(
+        run.models, run.settings, optimizer, schedule, run.mesh, state, batch_shapes(run)
+    )
+    if dry_run:
+        compiled = step_fn.lower(state, run.models.frozen, batch_shapes(run)).compile()
+        report = describe(run, state, compiled)
+        print(report)
+        return {"report": report}
+    loop = Loop(run, step_fn, schedule, state, state_shardings)
+    try:
+        return loop.run()
+    finally:
+        loop.close()

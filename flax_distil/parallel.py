@@ -1,4 +1,5 @@
-"""Device mesh, parameter and batch shardings, and global batches from host-local data.
+"""Meshes, placement and multi-host helpers: joining a multi-process job, the (data, fsdp) mesh,
+parameter and batch shardings, global batches from host-local data, gathering to every host.
 
 The mesh has a `data` axis and an `fsdp` axis. Batches are split over both (every device gets
 its own rows); parameters and optimiser state are replicated over `data` and, when `fsdp` > 1,
@@ -84,3 +85,39 @@ def check_batch_size(mesh: Mesh, batch_size: int, microbatches: int) -> int:
             f"= {devices} x {microbatches}"
         )
     return batch_size // hosts
+
+
+def join_processes(coordinator=None, num_processes=None, process_id=None, auto=False) -> None:
+    """Joins a multi-process JAX job: explicit coordinator ("host:port"), process count and id;
+    or, with `auto`, what `jax.distributed.initialize()` detects (Cloud TPU, SLURM, Open MPI,
+    JAX_COORDINATOR_ADDRESS...). Does nothing for a single process."""
+    import jax
+
+    explicit = (coordinator, num_processes, process_id)
+    if any(value is not None for value in explicit):
+        if any(value is None for value in explicit):
+            raise FlaxDistilError("give --coordinator, --num-processes and --process-id together")
+        if not 0 <= process_id < num_processes:
+            raise FlaxDistilError(f"--process-id must be in 0..{num_processes - 1}")
+        kwargs = dict(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
+    elif auto:
+        kwargs = {}
+    else:
+        return
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as error:
+        raise FlaxDistilError(f"cannot join the distributed job ({error})") from error
+
+
+def allgather(tree, tiled: bool = False):
+    """Every process's `tree` on every process, as numpy: leaves stacked on a new leading axis,
+    or with `tiled` concatenated along the first (a global array: its whole value). A single
+    process needs no communication."""
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: np.asarray(x) if tiled else np.asarray(x)[None], tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=tiled))

@@ -17,8 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from flax_distil.config import CheckpointConfig
 from flax_distil.errors import FlaxDistilError
+from flax_distil.parallel import allgather
+from flax_distil.train.config import CheckpointConfig
 
 _STATE_BYTES = 8192  # room for one host's data-iterator state as JSON
 
@@ -27,14 +28,12 @@ def _all_process_states(local_state: dict) -> list[dict]:
     """Every process's data state, gathered (identical list on every host)."""
     if jax.process_count() == 1:
         return [local_state]
-    from jax.experimental import multihost_utils
-
     encoded = json.dumps(local_state).encode()
     if len(encoded) > _STATE_BYTES:
         raise FlaxDistilError(f"data state of {len(encoded)} bytes exceeds {_STATE_BYTES}")
     buffer = np.zeros(_STATE_BYTES, np.uint8)
     buffer[: len(encoded)] = np.frombuffer(encoded, np.uint8)
-    gathered = np.asarray(multihost_utils.process_allgather(buffer))
+    gathered = allgather(buffer)
     return [json.loads(bytes(row).rstrip(b"\0")) for row in gathered]
 
 

@@ -25,8 +25,8 @@ from flax import nnx
 
 from flax_distil.audio import log_mel
 from flax_distil.errors import FlaxDistilError
-from flax_distil.losses import distillation_sums
-from flax_distil.sharding import batch_sharding, replicated, state_shardings
+from flax_distil.parallel import batch_sharding, replicated, state_shardings
+from flax_distil.train.losses import distillation_sums
 
 SUMS = ("objective", "ce", "kl")
 

@@ -19,9 +19,12 @@ from flax_distil.audio import N_SAMPLES, batch_audio
 from flax_distil.data import Example, ExampleStream, Source, label_arrays
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.greedy import greedy_decode
+from flax_distil.generation.rules import LogitRules
 from flax_distil.metrics import word_error_rate
-from flax_distil.sharding import global_batch
-from flax_distil.train_step import DistillModels, features_of, student_frozen_parts
+from flax_distil.parallel import allgather, global_batch
+from flax_distil.train.config import source_specs
+from flax_distil.train.run import Run, example_limits
+from flax_distil.train.step import DistillModels, features_of, jit_eval_step, student_frozen_parts
 
 
 @dataclasses.dataclass
@@ -82,14 +85,6 @@ def _encode(student_def, trainable, frozen, num_mel_bins, batch):
     return student.encode(features_of(batch, num_mel_bins))
 
 
-def _gather(array) -> np.ndarray:
-    if jax.process_count() == 1:
-        return np.asarray(array)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
-
-
 def evaluate_sets(
     eval_sets,
     models: DistillModels,
@@ -129,7 +124,7 @@ def evaluate_sets(
                 rules=rules,
                 max_new_tokens=max_new_tokens,
             )
-            for row in _gather(tokens)[:real]:
+            for row in allgather(tokens, tiled=True)[:real]:
                 predictions.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
         references = [e.text for e in eval_set.examples]
         tokens = max(sums["tokens"], 1.0)
@@ -141,3 +136,41 @@ def evaluate_sets(
         }
         samples[eval_set.name] = list(zip(references, predictions, strict=True))
     return results, samples
+
+
+def eval_rules(run: Run) -> LogitRules:
+    return LogitRules.from_generation_config(
+        run.student_checkpoint.generation, run.student_checkpoint.tokenizer
+    )
+
+
+def make_eval(run: Run):
+    """A function trainable -> ({set: metrics}, {set: samples}), or None without eval sets."""
+    config = run.config
+    if not config.data.eval:
+        return None
+    eval_sets = load_eval_sets(
+        source_specs(config.data.eval), config.eval.max_examples, example_limits(config)
+    )
+    eval_step = jit_eval_step(
+        run.models, run.settings, run.mesh, ("decoder_input_ids", "labels", "loss_mask", "audio")
+    )
+    rules = eval_rules(run)
+
+    def evaluate(trainable):
+        return evaluate_sets(
+            eval_sets,
+            run.models,
+            trainable,
+            eval_step,
+            mesh=run.mesh,
+            tokenizer=run.student_checkpoint.tokenizer,
+            prompt=run.prompt,
+            rules=rules,
+            batch_size=config.eval.batch_size,
+            max_label_length=config.data.max_label_length,
+            max_new_tokens=config.eval.max_new_tokens,
+            num_mel_bins=run.settings.num_mel_bins,
+        )
+
+    return evaluate

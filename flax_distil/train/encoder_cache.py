@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 from flax_distil.errors import FlaxDistilError
-from flax_distil.sharding import batch_sharding, state_shardings
-from flax_distil.train_step import features_of
+from flax_distil.parallel import batch_sharding, state_shardings
+from flax_distil.train.step import features_of
 
 
 class EncoderCache:
