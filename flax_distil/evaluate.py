@@ -25,7 +25,7 @@ speculative; `speculative_speedup` is greedy wall time over speculative wall tim
 `speculative_identical` whether every speculative transcript equals the greedy one (it must).
 
 With `noise` ("white" or "babble") and `snr_db` levels, every clip is also decoded with noise
-mixed in at each level (`demo_speech.mix_noise`): white noise, or babble summed from up to four
+mixed in at each level (`flax_distil.noise`): white noise, or babble summed from up to four
 other utterances of the same set, both drawn from a generator seeded by (seed, row), so runs and
 models see the same noise.
 """
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -43,23 +42,27 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, log_mel
-from flax_distil.data.examples import ExampleFilter, Skipped, decode_example
-from flax_distil.data.sources import Source, SourceSpec
-from flax_distil.demo_speech import mix_noise
+from flax_distil.data.eval_set import EvalSet, load_eval_set
+from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.longform import chunk_starts, transcribe_chunked
 from flax_distil.generation.transcriber import Transcriber
-from flax_distil.metrics import normalize, transcript_metrics, word_error_rate
-
-NOISE_KINDS = ("white", "babble")
-# Evaluation keeps clips of any length (long ones go through long-form decoding).
-_KEEP_ALL_LENGTHS = ExampleFilter(max_seconds=math.inf)
+from flax_distil.metrics import (
+    json_safe,
+    normalize,
+    percent,
+    transcript_metrics,
+    word_error_rate,
+)
+from flax_distil.noise import NOISE_KINDS, mix_noise, noise_for
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
+from flax_distil.whisper import count_parameters
 
 
 @dataclasses.dataclass
 class EvaluateOptions:
     batch_size: int = 8
-    max_new_tokens: int = 224
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     num_draft: int = 5  # draft tokens per verification, with an assistant
     draft_vocab: int | None = None  # the assistant scores only ids below it (+ special tokens)
     language: str | None = None  # multilingual models: detected per clip when None
@@ -83,61 +86,6 @@ class EvaluateOptions:
             raise FlaxDistilError(f"--noise must be one of {', '.join(NOISE_KINDS)}")
         if bool(self.noise) != bool(self.snr_db):
             raise FlaxDistilError("--noise and --snr go together (e.g. --noise white --snr 10,5,0)")
-
-
-@dataclasses.dataclass
-class EvalSet:
-    """The usable rows of a dataset, decoded, and the rows that were skipped (with why)."""
-
-    name: str
-    ids: list[str]
-    audio: list[np.ndarray]  # mono float32, 16 kHz
-    references: list[str]
-    files: list[str | None]
-    skipped: list[dict]  # {"id", "file", "reason", "error"}
-
-    def __len__(self) -> int:
-        return len(self.audio)
-
-    @property
-    def audio_seconds(self) -> float:
-        return sum(len(clip) for clip in self.audio) / SAMPLE_RATE
-
-    def skipped_by_reason(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.skipped:
-            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-        return counts
-
-
-def load_eval_set(spec: SourceSpec, max_samples: int | None = None) -> EvalSet:
-    """Decodes a source's rows; unusable ones are listed, not fatal (unless none is usable)."""
-    source = Source(spec)
-    count = len(source) if max_samples is None else min(len(source), max_samples)
-    data = EvalSet(spec.path, [], [], [], [], [])
-    for index in tqdm(range(count), desc=f"reading {spec.path}", unit="row", leave=False):
-        raw = source[index]
-        try:
-            example = decode_example(raw, _KEEP_ALL_LENGTHS)
-        except Skipped as skipped:
-            data.skipped.append(
-                {
-                    "id": raw.id,
-                    "file": raw.audio_path,
-                    "reason": skipped.reason,
-                    "error": str(skipped),
-                }
-            )
-            continue
-        data.ids.append(example.id)
-        data.audio.append(example.audio)
-        data.references.append(example.text)
-        data.files.append(raw.audio_path)
-    if not data.audio:
-        raise FlaxDistilError(
-            f"{spec.path}: none of its {count} rows is usable ({data.skipped_by_reason()})"
-        )
-    return data
 
 
 @dataclasses.dataclass
@@ -217,33 +165,6 @@ def _transcribe(transcriber, plan: _Plan, audio, options, num_draft: int, desc: 
     return result
 
 
-def noise_for(kind: str, index: int, audio: list[np.ndarray], seed: int = 0) -> np.ndarray:
-    """Noise as long as clip `index`: white, or babble (up to four other clips of the set summed).
-    Deterministic in (seed, index), so every SNR level and every model sees the same noise."""
-    rng = np.random.default_rng([seed, index])
-    length = len(audio[index])
-    if kind == "white":
-        return rng.standard_normal(length).astype(np.float32)
-    others = [i for i in range(len(audio)) if i != index]
-    if not others:
-        raise FlaxDistilError("babble noise needs at least two utterances in the dataset")
-    talkers = rng.choice(others, size=min(4, len(others)), replace=False)
-    return np.sum([np.resize(audio[i], length) for i in talkers], axis=0).astype(np.float32)
-
-
-def count_parameters(state, decoder_only: bool = False) -> int:
-    """Parameters of a model's NNX state; `decoder_only` leaves out the encoder (a draft model
-    reads the teacher's encoder output, so only its decoder adds to speculative decoding)."""
-    leaves = jax.tree_util.tree_leaves_with_path(state)
-    return int(
-        sum(
-            leaf.size
-            for path, leaf in leaves
-            if not (decoder_only and "encoder" in jax.tree_util.keystr(path[:1]))
-        )
-    )
-
-
 def _speed(audio_seconds: float, wall_seconds: float) -> dict:
     return {
         "wall_seconds": wall_seconds,
@@ -265,17 +186,6 @@ def _prediction_rows(data: EvalSet, texts: list[str], extra: list[dict] | None =
             "wer": word_error_rate([reference], [prediction]) if reference_normalized else None,
         }
         yield {**row, **(extra[index] if extra else {})}
-
-
-def json_safe(value):
-    """NaN and infinities (undefined rates) as null, so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -399,8 +309,3 @@ def summary(metrics: dict) -> str:
     for row in metrics["skipped_examples"]:
         lines.append(f"skipped {row['error']}")
     return "\n".join(lines)
-
-
-def percent(value) -> str:
-    """A fraction as a percentage with one decimal; undefined values as n/a."""
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"

@@ -62,7 +62,7 @@ def random_models(shapes: dict, config, student_layers: int):
     student_config = dataclasses.replace(teacher_config, decoder_layers=len(layer_ids))
     dtype = jnp.dtype(config.model.compute_dtype)
     teacher = Whisper(teacher_config, dtype=dtype, rngs=nnx.Rngs(0))
-    student = Whisper(student_config, dtype=dtype, rngs=nnx.Rngs(1))
+    student = Whisper(student_config, dtype=dtype, **remat(config), rngs=nnx.Rngs(1))
 
     def copy(module):  # own buffers: the student's decoder is donated, the teacher's is not
         return jax.tree.map(jnp.copy, nnx.state(module))
@@ -87,7 +87,12 @@ def checkpoint_models(path: str, config, student_layers: int):
     layers = spaced_layers(teacher_ckpt.config.decoder_layers, student_layers)
     student_ckpt = make_student(teacher_ckpt, decoder_layer_ids=layers)
     dtype = jnp.dtype(config.model.compute_dtype)
-    return build_model(student_ckpt, dtype=dtype), build_model(teacher_ckpt, dtype=dtype)
+    student = build_model(student_ckpt, dtype=dtype, **remat(config))
+    return student, build_model(teacher_ckpt, dtype=dtype)
+
+
+def remat(config) -> dict:
+    return dict(remat_encoder=config.model.remat_encoder, remat_decoder=config.model.remat_decoder)
 
 
 def main() -> int:
@@ -130,7 +135,6 @@ def main() -> int:
     else:
         shapes = TINY if args.tiny else LARGE_V3
         student, teacher = random_models(shapes, config, model.student_decoder_layers)
-    student.encoder.remat, student.decoder.remat = model.remat_encoder, model.remat_decoder
     student_config, teacher_config = student.config, teacher.config
     models = DistillModels.build(student, teacher, freeze_encoder=model.freeze_encoder)
     del student, teacher  # the teacher's encoder (the student's copy is shared) can go

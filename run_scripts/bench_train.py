@@ -135,7 +135,7 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
 
     @jax.jit
     def teacher_logits(frozen, encoder_out, tokens):
-        return ts._teacher(teacher_def, frozen).decoder.forward(tokens, encoder_out)
+        return ts._teacher(teacher_def, frozen).decode(tokens, encoder_out)
 
     def loss_only(student_out, teacher_out, batch):
         sums = distillation_sums(
@@ -151,7 +151,7 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
 
     def objective(trainable, frozen, encoder_out, teacher_out, batch):
         student = ts._student(student_def, trainable, frozen)
-        logits = student.decoder.forward(batch["decoder_input_ids"], encoder_out)
+        logits = student.decode(batch["decoder_input_ids"], encoder_out)
         return loss_only(logits, teacher_out, batch)
 
     student_grad = jax.jit(jax.value_and_grad(objective))
@@ -159,7 +159,7 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
     @jax.jit
     def student_forward(trainable, frozen, encoder_out, tokens):
         student = ts._student(student_def, trainable, frozen)
-        return student.decoder.forward(tokens, encoder_out)
+        return student.decode(tokens, encoder_out)
 
     loss_grad = jax.jit(jax.value_and_grad(loss_only))
 

@@ -57,7 +57,7 @@ def test_rows_at_different_positions(model, inputs):
 
 def test_remat_changes_nothing_numerically(model, inputs):
     features, tokens = inputs
-    remat_model = Whisper(TINY_CONFIG, remat=True, rngs=nnx.Rngs(0))
+    remat_model = Whisper(TINY_CONFIG, remat_encoder=True, remat_decoder=True, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(remat_model(features, tokens), model(features, tokens), atol=1e-6)
 
     @nnx.jit

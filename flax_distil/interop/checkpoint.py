@@ -67,13 +67,17 @@ def build_model(
     *,
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
-    remat: bool = False,
+    remat_encoder: bool = False,
+    remat_decoder: bool = False,
 ) -> Whisper:
     """Creates a `Whisper` holding the checkpoint's weights, without a random initialisation."""
-    config = checkpoint.config
-    abstract = nnx.eval_shape(
-        lambda: Whisper(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0))
+    options = dict(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        remat_encoder=remat_encoder,
+        remat_decoder=remat_decoder,
     )
+    abstract = nnx.eval_shape(lambda: Whisper(checkpoint.config, **options, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     weights = dict(checkpoint.weights)
     _drop_tied_projection(weights, checkpoint.source)

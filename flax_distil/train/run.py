@@ -23,15 +23,15 @@ from flax_distil.data import Batches, BatchSpec, ExampleFilter, ExampleStream, S
 from flax_distil.errors import FlaxDistilError
 from flax_distil.tokenizer import decoder_prompt
 from flax_distil.train import flops
-from flax_distil.train.config import Config, dump_yaml, from_dict, source_specs
+from flax_distil.train.config import Config, dump_yaml, from_dict
 from flax_distil.train.metric_writer import flatten
 from flax_distil.train.step import (
     DistillModels,
     StepSettings,
-    count_params,
     init_train_state,
     optimizer_state_bytes,
 )
+from flax_distil.whisper import count_parameters
 
 STEP_INPUTS = ("decoder_input_ids", "labels", "loss_mask", "audio", "features")
 # Keys that must not change between a run and its resumption.
@@ -108,8 +108,12 @@ def build_run(config: Config, workdir: Path, devices=None) -> Run:
         student_checkpoint = make_student(teacher_checkpoint, decoder_layer_ids=layers)
     dtype = jnp.dtype(model.compute_dtype)
     teacher = build_model(teacher_checkpoint, dtype=dtype)
-    student = build_model(student_checkpoint, dtype=dtype)
-    student.encoder.remat, student.decoder.remat = model.remat_encoder, model.remat_decoder
+    student = build_model(
+        student_checkpoint,
+        dtype=dtype,
+        remat_encoder=model.remat_encoder,
+        remat_decoder=model.remat_decoder,
+    )
     models = DistillModels.build(
         student,
         teacher,
@@ -140,7 +144,7 @@ def train_batches(run: Run) -> Batches:
     if not data.train:
         raise FlaxDistilError("data.train is empty: name at least one training source")
     host_batch = parallel.check_batch_size(run.mesh, train.batch_size, train.microbatches)
-    sources = [Source(spec) for _, spec in source_specs(data.train)]
+    sources = [Source(spec) for spec in data.train]
     stream = ExampleStream(
         sources,
         seed=data.seed,
@@ -203,10 +207,11 @@ def describe(run: Run, state, compiled) -> str:
     lines = [
         f"devices: {run.mesh.devices.size} ({dict(run.mesh.shape)}), processes: "
         f"{jax.process_count()}",
-        f"student trainable parameters: {count_params(state['params']):,}",
-        f"student frozen encoder parameters: {count_params(frozen.get('encoder', {})):,}",
-        f"student frozen token embedding: {count_params(frozen.get('student_embedding', {})):,}",
-        f"teacher decoder parameters: {count_params(frozen['teacher']):,}",
+        f"student trainable parameters: {count_parameters(state['params']):,}",
+        f"student frozen encoder parameters: {count_parameters(frozen.get('encoder', {})):,}",
+        "student frozen token embedding: "
+        f"{count_parameters(frozen.get('student_embedding', {})):,}",
+        f"teacher decoder parameters: {count_parameters(frozen['teacher']):,}",
         f"optimiser state: {optimizer_state_bytes(state['opt_state']) / 2**20:.1f} MiB",
     ]
     memory = compiled.memory_analysis()

@@ -149,13 +149,13 @@ def _loss_sums(graphs, settings: StepSettings, trainable, frozen, batch, rng, tr
         encoder_out = jax.lax.stop_gradient(encoder_out)
     dropout = settings.dropout if training else 0.0
     tokens, labels, mask = batch["decoder_input_ids"], batch["labels"], batch["loss_mask"]
-    student_logits = student.decoder.forward(tokens, encoder_out, dropout, rng)
+    student_logits = student.decode(tokens, encoder_out, dropout, rng)
     teacher_logits = None
     if settings.kl_weight:
         teacher = _teacher(teacher_def, frozen)
         teacher_in = encoder_out if "teacher_encoder" not in frozen else teacher.encode(features)
         teacher_logits = jax.lax.stop_gradient(
-            teacher.decoder.forward(tokens, jax.lax.stop_gradient(teacher_in))
+            teacher.decode(tokens, jax.lax.stop_gradient(teacher_in))
         )
     return distillation_sums(
         student_logits,
@@ -284,10 +284,6 @@ def jit_eval_step(models, settings, mesh, batch_names):
         ),
         out_shardings=replicated(mesh),
     )
-
-
-def count_params(tree) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
 def optimizer_state_bytes(opt_state) -> int:
