@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from flax_distil.errors import FlaxDistilError
+from flax_distil.metrics import percent
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_en_demo.yaml"
 
@@ -115,7 +116,7 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
             options.teacher,
             SourceSpec("audiofolder", str(data / "windows")),
             data / "labels",
-            PseudoLabelOptions(batch_size=8, shard_size=64, wer_threshold=10.0),
+            PseudoLabelOptions(batch_size=8, shard_size=64, wer_threshold=0.1),
         )
         return {k: summary[k] for k in ("examples", "kept", "mean_wer", "audio_hours")}
 
@@ -124,7 +125,7 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
     )
     print(
         f"    {labels['kept']} of {labels['examples']} windows within 10% WER "
-        f"(teacher's mean WER {labels['mean_wer']:.1f}%)"
+        f"(teacher's mean WER {percent(labels['mean_wer'])})"
     )
 
     def student():
@@ -140,7 +141,7 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
         f"model.teacher={options.teacher}",
         f"model.student={initial['path']}",
         "data.train=[{kind: parquet, path: " + str(data / "labels") + ", text_column: "
-        "whisper_transcript, wer_column: wer, wer_threshold: 10}]",
+        "whisper_transcript, wer_column: wer, wer_threshold: 0.1}]",
         "data.eval=[{kind: audiofolder, path: " + str(data / "heldout") + ", name: heldout}]",
         *options.overrides,
     ]

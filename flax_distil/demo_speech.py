@@ -7,7 +7,7 @@ the chunks in parallel; each chunk gets its own speaking rate and prosody noise,
 utterance its own speed perturbation (resampled by 0.9-1.1x, as Kaldi-style speed
 augmentation does, which moves tempo and pitch together). Asked for more utterances than the
 text has sentences, the sentences repeat, each repeat spoken differently. Optional white or
-babble noise at a given SNR makes robustness test sets.
+babble noise at a given SNR (`flax_distil.noise`) makes robustness test sets.
 
     flax-distil make-demo-data --output demo --num-utterances 200 [--noise babble --snr 5]
 """
@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_distil.errors import FlaxDistilError
+from flax_distil.noise import NOISE_KINDS, mix_noise, noise_for
 
 TEXTS = ("arctic", "nowhere")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -108,24 +109,6 @@ def _synthesise_chunk(lines: list[str], length_scale: float, noise_scale: float)
         return [soundfile.read(path, dtype="float32") for path in written]
 
 
-def mix_noise(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """clean + noise scaled so that the signal-to-noise power ratio is `snr_db`."""
-    noise = np.resize(noise, clean.shape)
-    clean_power, noise_power = np.mean(clean**2), np.mean(noise**2)
-    scale = np.sqrt(clean_power / (noise_power * 10 ** (snr_db / 10))) if noise_power else 0.0
-    return (clean + scale * noise).astype(np.float32)
-
-
-def _noise_for(kind: str, index: int, clips: list[np.ndarray], rng) -> np.ndarray:
-    if kind == "white":
-        return rng.standard_normal(len(clips[index])).astype(np.float32)
-    others = [i for i in range(len(clips)) if i != index]
-    if not others:
-        raise FlaxDistilError("babble noise needs at least two utterances")
-    talkers = rng.choice(others, size=min(4, len(others)), replace=False)
-    return np.sum([np.resize(clips[i], len(clips[index])) for i in talkers], axis=0)
-
-
 def make_demo_data(
     output: str | Path,
     num_utterances: int,
@@ -142,7 +125,7 @@ def make_demo_data(
 
     from flax_distil.audio import SAMPLE_RATE
 
-    if noise not in (None, "white", "babble") or (noise is None) != (snr_db is None):
+    if noise not in (None, *NOISE_KINDS) or (noise is None) != (snr_db is None):
         raise FlaxDistilError("give --noise white|babble together with --snr, or neither")
     pool = sentences(text)
     if num_utterances < 1:
@@ -177,7 +160,7 @@ def make_demo_data(
     if noise:
         clean = list(clips)
         clips = [
-            mix_noise(c, _noise_for(noise, i, clean, rng), snr_db) for i, c in enumerate(clean)
+            mix_noise(c, noise_for(noise, i, clean, seed), snr_db) for i, c in enumerate(clean)
         ]
     with (output / "metadata.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -1,4 +1,4 @@
-"""Word error rate with Whisper's English text normaliser.
+"""Word error rate with Whisper's English text normaliser; rates are fractions (0.05 = 5%).
 
 `normalize` is OpenAI Whisper's English normaliser (the `whisper-normalizer` package: spelling
 map, numbers, punctuation); `word_error_rate` scores normalised text with jiwer, which is how
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,6 +43,30 @@ def word_error_rate(references: list[str], predictions: list[str], normalized: b
     if not pairs:
         return float("nan")
     return jiwer.wer([r for r, _ in pairs], [p for _, p in pairs])
+
+
+def label_wer(ground_truth, label: str) -> float:
+    """WER of one label against its ground truth (a fraction); NaN without a usable ground truth
+    (not a string, or nothing left after normalising), so that no threshold ever passes it."""
+    if not isinstance(ground_truth, str):
+        return math.nan
+    return word_error_rate([ground_truth], [label])
+
+
+def percent(value) -> str:
+    """A fraction as a percentage with one decimal; undefined values as n/a."""
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def json_safe(value):
+    """NaN and infinities (undefined rates) as null, so that the value is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def repeated_ngram_count(predictions: list[str], n: int = 5, normalized: bool = True) -> int:

@@ -11,14 +11,14 @@ model or decoding setting stops with an error.
 
 An output row is the source row, audio untouched (bytes, or a path made absolute), plus
 `whisper_transcript`, `whisper_token_ids` (without the prompt and end-of-text; timestamp tokens
-included with `timestamps`) and `wer`: percent, transcript against the text column after Whisper's
-English normaliser (`flax_distil.metrics.word_error_rate`), NaN without usable ground truth. Rows
-whose audio is unusable (the data module's skip reasons) are logged, left out and counted by
+included with `timestamps`) and `wer`: a fraction, transcript against the text column after
+Whisper's English normaliser (`flax_distil.metrics.label_wer`), NaN without usable ground truth.
+Rows whose audio is unusable (the data module's skip reasons) are logged, left out and counted by
 reason in the shard's parquet metadata. Once every shard exists, process 0 writes `summary.json`:
 examples, skipped, audio hours, kept/dropped by `wer_threshold` (no ground truth counts as
 dropped, as the training filter drops it), mean WER, wall time and throughput. The filter itself
 runs at training time (`SourceSpec("parquet", OUTPUT, text_column="whisper_transcript",
-wer_column="wer", wer_threshold=10)`), so one labelling run serves any threshold.
+wer_column="wer", wer_threshold=0.1)`), so one labelling run serves any threshold.
 
 Batches go through `Transcriber`'s greedy decoder, padded to their power-of-two bucket (a multiple
 of the device count) and split over all local devices by a `NamedSharding` on a 1-D mesh.
@@ -44,7 +44,9 @@ from flax_distil.data.examples import ExampleFilter, Skipped, decode_audio
 from flax_distil.data.sources import Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.greedy import greedy_decode
-from flax_distil.generation.transcriber import DEFAULT_MAX_NEW_TOKENS, Transcriber, bucket_size
+from flax_distil.generation.transcriber import Transcriber, bucket_size
+from flax_distil.metrics import label_wer
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,17 @@ class PseudoLabelOptions:
     timestamps: bool = False
     language: str | None = None  # multilingual models detect it per row when None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    wer_threshold: float = 10.0  # percent; only counted in the summary
+    wer_threshold: float = 0.1  # a fraction; only counted in the summary
 
     def __post_init__(self):
         for ok, message in (
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.shard_size >= 1, "--shard-size must be at least 1"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
-            (self.wer_threshold >= 0, "--wer-threshold must be a percentage >= 0"),
+            (
+                0 <= self.wer_threshold <= 1,
+                "--wer-threshold is a fraction (0.1 keeps labels within 10% WER)",
+            ),
         ):
             if not ok:
                 raise FlaxDistilError(message)
@@ -149,6 +154,7 @@ def _manifest(model, spec: SourceSpec, num_rows: int, num_shards: int, options) 
         "timestamps": options.timestamps,
         "language": options.language,
         "max_new_tokens": options.max_new_tokens,
+        "wer_unit": "fraction",  # labels written before this key have percent WERs
     }
 
 
@@ -323,19 +329,10 @@ def _finish(job: _Job, tokens, batch: list) -> list[dict]:
         ids = generated.tolist()
         ids = ids[: ids.index(eos)] if eos in ids else ids
         text = job.transcriber.text(ids)
-        wer = transcript_wer(truth, text)
+        wer = label_wer(truth, text)
         out.append({**row, "whisper_transcript": text, "whisper_token_ids": ids, "wer": wer})
     job.progress.update(len(batch))
     return out
-
-
-def transcript_wer(truth, transcript: str) -> float:
-    """WER in percent after Whisper's English normaliser; NaN without a usable ground truth."""
-    from flax_distil.metrics import word_error_rate
-
-    if not isinstance(truth, str):
-        return float("nan")
-    return 100.0 * word_error_rate([truth], [transcript])  # NaN when `truth` normalises to ""
 
 
 def _write_shard(path: Path, rows: list[dict], schema, stats: dict) -> None:

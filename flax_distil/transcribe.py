@@ -16,6 +16,7 @@ from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, load_audio, l
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation import Transcriber
 from flax_distil.generation.longform import transcribe_chunked, transcribe_sequential
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
 LONG_FORM_MODES = ("chunked", "sequential")
 
@@ -23,7 +24,7 @@ LONG_FORM_MODES = ("chunked", "sequential")
 @dataclasses.dataclass
 class TranscribeOptions:
     batch_size: int = 8
-    max_new_tokens: int = 224
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     timestamps: bool = False
     language: str | None = None
     long_form: str | None = None  # default: sequential with timestamps, chunked without

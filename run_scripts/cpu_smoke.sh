@@ -30,12 +30,12 @@ stage "1/5 synthetic speech: $TRAIN_UTTERANCES train + $EVAL_UTTERANCES held-out
 
 stage "2/5 pseudo-labels from the teacher ($TEACHER)"
 "$FLAX_DISTIL" pseudo-label --model "$TEACHER" --dataset "$WORKDIR/speech" \
-  --output "$WORKDIR/labels" --batch-size 8 --max-new-tokens 64 --wer-threshold 10
+  --output "$WORKDIR/labels" --batch-size 8 --max-new-tokens 64 --wer-threshold 0.1
 
 stage "3/5 distillation: $STEPS steps of batch $BATCH (configs/tiny_en_demo.yaml)"
 "$FLAX_DISTIL" train --config configs/tiny_en_demo.yaml --workdir "$WORKDIR/train" \
   "model.teacher=$TEACHER" \
-  "data.train=[{kind: parquet, path: $WORKDIR/labels, text_column: whisper_transcript, wer_column: wer, wer_threshold: 100}]" \
+  "data.train=[{kind: parquet, path: $WORKDIR/labels, text_column: whisper_transcript, wer_column: wer, wer_threshold: 1.0}]" \
   "data.eval=[{kind: audiofolder, path: $WORKDIR/heldout, name: heldout}]" \
   "train.num_steps=$STEPS" "train.batch_size=$BATCH" train.warmup_steps=2 \
   "checkpoint.every=$STEPS" eval.every=0 "eval.batch_size=$BATCH" \

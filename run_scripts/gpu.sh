@@ -56,10 +56,10 @@ student() {
 label() {
   "$CLI" pseudo-label --model "$TEACHER" --batch-size $((32 * $(gpus))) \
     --dataset openslr/librispeech_asr --dataset-config clean --split train.100 \
-    --text-column text --output "$LABELS/librispeech" --wer-threshold 10
+    --text-column text --output "$LABELS/librispeech" --wer-threshold 0.1
   "$CLI" pseudo-label --model "$TEACHER" --batch-size $((32 * $(gpus))) \
     --dataset mozilla-foundation/common_voice_16_1 --dataset-config en --split train \
-    --text-column sentence --language en --output "$LABELS/common_voice" --wer-threshold 10
+    --text-column sentence --language en --output "$LABELS/common_voice" --wer-threshold 0.1
 }
 
 train() {
@@ -69,7 +69,7 @@ train() {
   echo "gpu.sh: $devices GPU(s), global batch $GLOBAL_BATCH in $micro microbatch(es)"
   "$CLI" train --config "$CONFIG" --workdir "$WORKDIR" \
     "model.student=$STUDENT" "train.batch_size=$GLOBAL_BATCH" "train.microbatches=$micro" \
-    "data.train=[{kind: parquet, path: $LABELS/librispeech, text_column: whisper_transcript, wer_column: wer, wer_threshold: 10}, {kind: parquet, path: $LABELS/common_voice, text_column: whisper_transcript, wer_column: wer, wer_threshold: 10}]"
+    "data.train=[{kind: parquet, path: $LABELS/librispeech, text_column: whisper_transcript, wer_column: wer, wer_threshold: 0.1}, {kind: parquet, path: $LABELS/common_voice, text_column: whisper_transcript, wer_column: wer, wer_threshold: 0.1}]"
 }
 
 evaluate() {

@@ -91,10 +91,10 @@ label() {
   on_all "$env_line cd /mnt/labels &&
     $CLI pseudo-label --distributed --model $TEACHER --batch-size $LABEL_BATCH \
       --dataset openslr/librispeech_asr --dataset-config clean --split train.100 \
-      --text-column text --output /mnt/labels/librispeech --wer-threshold 10 &&
+      --text-column text --output /mnt/labels/librispeech --wer-threshold 0.1 &&
     $CLI pseudo-label --distributed --model $TEACHER --batch-size $LABEL_BATCH \
       --dataset mozilla-foundation/common_voice_16_1 --dataset-config en --split train \
-      --text-column sentence --output /mnt/labels/common_voice --wer-threshold 10 --language en"
+      --text-column sentence --output /mnt/labels/common_voice --wer-threshold 0.1 --language en"
 }
 
 train() {

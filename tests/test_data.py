@@ -191,7 +191,7 @@ def test_batches_resume_exactly(corpus, tokenizer, prefetch):
     batch = reference[0]
     assert batch["audio"].shape == (4, 480000) and batch["labels"].shape == (4, 128)
     # Real inputs: the 2 prompt tokens and 4 text tokens of "utterance number N".
-    assert batch["decoder_attention_mask"].sum(axis=1).tolist() == [6] * 4
+    assert (batch["loss_mask"].sum(axis=1) + len(PROMPT) - 1).tolist() == [6] * 4
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +221,8 @@ def test_length_groups_cut_padding_and_resume_exactly(ragged_corpus, tokenizer):
     epoch = [i for b in reference[:6] for i in b["ids"]]
     assert sorted(epoch) == sorted(set(epoch)) and len(epoch) == 24  # each example once
     plain = _batches(ragged_corpus, tokenizer, max_label_length=40)
-    spread = [np.ptp(b["decoder_attention_mask"].sum(axis=1)) for b in reference[:6]]
-    plain_spread = [np.ptp(next(plain)["decoder_attention_mask"].sum(axis=1)) for _ in range(6)]
+    spread = [np.ptp(b["loss_mask"].sum(axis=1)) for b in reference[:6]]
+    plain_spread = [np.ptp(next(plain)["loss_mask"].sum(axis=1)) for _ in range(6)]
     assert np.mean(spread) < 0.6 * np.mean(plain_spread)  # similar lengths share a batch
     for cut in (4, 6, 7):  # inside a group, at a group's end, in the next epoch
         first = _batches(ragged_corpus, tokenizer, **grouped)
@@ -269,7 +269,7 @@ def test_wer_filter_skips_disagreeing_labels_without_decoding(tmp_path):
         "".join(json.dumps({"audio": a, "text": t, "truth": g}) + "\n" for a, t, g in rows)
     )
     spec = SourceSpec(
-        "jsonl", str(tmp_path / "manifest.jsonl"), ground_truth_column="truth", wer_threshold=10.0
+        "jsonl", str(tmp_path / "manifest.jsonl"), ground_truth_column="truth", wer_threshold=0.1
     )
     stream = ExampleStream([Source(spec)])
     kept = [example.text for example in stream.one_epoch()]

@@ -130,12 +130,12 @@ def test_teacher_labels_equal_transformers_greedy_and_wer_equals_jiwer(tmp_path,
             == checkpoint.tokenizer.decode(torch_ids, skip_special_tokens=True).strip()
         )
         truth = references[os.path.basename(row["audio"])]
-        wer = 100 * jiwer.wer(normalize(truth), normalize(row["whisper_transcript"]))
+        wer = jiwer.wer(normalize(truth), normalize(row["whisper_transcript"]))
         assert row["wer"] == pytest.approx(wer, abs=1e-9)
     assert summary["labelled"] == 3 and summary["skipped"] == {}
     assert summary["mean_wer"] == pytest.approx(np.mean([row["wer"] for row in rows]))
-    assert summary["mean_wer"] < 25  # real transcripts of real speech
-    assert summary["kept"] == sum(row["wer"] <= 10 for row in rows)
+    assert summary["mean_wer"] < 0.25  # real transcripts of real speech
+    assert summary["kept"] == sum(row["wer"] <= 0.1 for row in rows)
 
 
 def test_sigkill_and_restart_gives_the_uninterrupted_rows_once(
@@ -268,11 +268,11 @@ def test_output_is_a_training_source_filtered_by_the_stored_wer(uninterrupted, t
 
 def test_stored_wer_filter_rejects_before_decoding(tmp_path):
     soundfile.write(tmp_path / "a.wav", 0.3 * np.random.default_rng(4).standard_normal(8000), 16000)
-    rows = [("a.wav", 4.0), ("b.wav", 25.0), ("c.wav", None), ("d.wav", float("nan"))]
+    rows = [("a.wav", 0.04), ("b.wav", 0.25), ("c.wav", None), ("d.wav", float("nan"))]
     (tmp_path / "labels.jsonl").write_text(
         "".join(json.dumps({"audio": a, "text": "words", "wer": w}) + "\n" for a, w in rows)
     )
-    spec = SourceSpec("jsonl", str(tmp_path / "labels.jsonl"), wer_column="wer", wer_threshold=10)
+    spec = SourceSpec("jsonl", str(tmp_path / "labels.jsonl"), wer_column="wer", wer_threshold=0.1)
     stream = ExampleStream([Source(spec)])
     assert [example.id.rsplit("#")[-1] for example in stream.one_epoch()] == ["0"]
     # b, c, d have no audio file: rejected on the stored value (or its absence) before reading

@@ -5,9 +5,6 @@ A batch holds, for each of `batch_size` examples:
   (`features_on="device"`), or `features` [B, mels, 3000] computed on the host CPU;
 - `decoder_input_ids` and `labels` [B, max_label_length]: the decoder prompt, the text tokens
   and end-of-text, shifted by one, padded with end-of-text;
-- `decoder_attention_mask` [B, max_label_length]: 1 on real decoder inputs, 0 on padding
-  (causal attention already keeps padding out of every real position; the mask is for models
-  and metrics that want it explicit);
 - `loss_mask` [B, max_label_length]: 1 where the label is a text token or end-of-text, 0 on
   the prompt and the padding.
 
@@ -145,9 +142,6 @@ class Batches:
             "decoder_input_ids": np.stack([a[0] for a in arrays]),
             "labels": np.stack([a[1] for a in arrays]),
             "loss_mask": np.stack([a[2] for a in arrays]),
-            "decoder_attention_mask": np.stack(
-                [np.arange(length) < len(self.prompt) + len(t) for t in token_lists]
-            ).astype(np.int32),
             "ids": [e.id for e in examples],
         }
         audio = batch_audio([e.audio for e in examples], N_SAMPLES)
@@ -200,12 +194,7 @@ def pad_labels(batch: dict, length: int, eos: int) -> dict:
     if length == current:
         return batch
     padded = dict(batch)
-    for key, value in (
-        ("decoder_input_ids", eos),
-        ("labels", eos),
-        ("loss_mask", 0),
-        ("decoder_attention_mask", 0),
-    ):
+    for key, value in (("decoder_input_ids", eos), ("labels", eos), ("loss_mask", 0)):
         padded[key] = np.pad(batch[key], ((0, 0), (0, length - current)), constant_values=value)
     return padded
 

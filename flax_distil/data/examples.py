@@ -17,6 +17,7 @@ import numpy as np
 from flax_distil.audio import SAMPLE_RATE, prepare_audio
 from flax_distil.data.sources import RawExample
 from flax_distil.errors import FlaxDistilError
+from flax_distil.metrics import label_wer
 
 SKIP_REASONS = (
     "missing_file",
@@ -80,7 +81,7 @@ def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Exam
         # A stored WER (pseudo-label output's `wer` column) is used as is; NaN never passes.
         wer = label_wer(raw.ground_truth, raw.text) if raw.stored_wer is None else raw.stored_wer
         if not wer <= raw.wer_threshold:
-            raise Skipped("wer_above_threshold", raw.id, f"WER {wer:.1f}%")
+            raise Skipped("wer_above_threshold", raw.id, f"WER {wer:.3f}")
     return Example(raw.id, decode_audio(raw, limits), raw.text.strip())
 
 
@@ -104,16 +105,6 @@ def decode_audio(raw: RawExample, limits: ExampleFilter | None = None) -> np.nda
     if np.abs(audio).max() < limits.silence_peak:
         raise Skipped("silent_audio", raw.id)
     return audio
-
-
-def label_wer(ground_truth, label: str) -> float:
-    """WER in percent of a label against the ground truth, both normalised (Whisper English)."""
-    from flax_distil.metrics import word_error_rate
-
-    if not isinstance(ground_truth, str):
-        return float("inf")
-    wer = word_error_rate([ground_truth], [label])
-    return float("inf") if wer != wer else 100.0 * wer  # an empty ground truth never passes
 
 
 class SkipCounter(collections.Counter):

@@ -42,12 +42,13 @@ class SourceSpec:
     # WER filter (Distil-Whisper keeps pseudo-labels within 10% WER of the ground truth):
     # computed against `ground_truth_column`, or read from `wer_column` (pseudo-label output).
     ground_truth_column: str | None = None
-    wer_threshold: float | None = None  # percent
+    wer_threshold: float | None = None  # a fraction: 0.1 keeps labels within 10% WER
     wer_column: str | None = None
     # Streaming (hub and parquet): read as an IterableDataset, shuffled through a buffer of
     # `shuffle_buffer` rows (and the shard order), reseeded every epoch.
     streaming: bool = False
     shuffle_buffer: int = 1000
+    name: str | None = None  # how logs and reports call it (training config: its folder's name)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -68,6 +69,11 @@ class SourceSpec:
         if self.wer_threshold is not None and not (self.ground_truth_column or self.wer_column):
             raise FlaxDistilError(
                 f"source {self.path}: wer_threshold needs ground_truth_column or wer_column"
+            )
+        if self.wer_threshold is not None and not 0 <= self.wer_threshold <= 1:
+            raise FlaxDistilError(
+                f"source {self.path}: wer_threshold is a fraction (0.1 keeps labels within 10% "
+                f"WER), got {self.wer_threshold}"
             )
 
 

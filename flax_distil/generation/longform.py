@@ -19,7 +19,7 @@ import numpy as np
 from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, log_mel
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.transcriber import SECONDS_PER_TIMESTAMP, Transcriber, prompt_width
-from flax_distil.tokenizer import decoder_prompt
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS, decoder_prompt
 
 SAMPLES_PER_TIMESTAMP = int(SECONDS_PER_TIMESTAMP * SAMPLE_RATE)  # 320
 
@@ -151,7 +151,7 @@ def transcribe_sequential(
     language: str | None = None,
     task: str = "transcribe",
     condition_on_previous: bool = True,
-    max_new_tokens: int = 224,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     num_draft: int = 0,
 ) -> dict:
     """OpenAI's sequential long-form transcription with timestamped segments.

@@ -19,9 +19,8 @@ from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.greedy import Generated, encode, generated_lengths, greedy_decode
 from flax_distil.generation.rules import LogitRules
 from flax_distil.generation.speculative import speculative_decode
-from flax_distil.tokenizer import SpecialTokens, decoder_prompt
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS, SpecialTokens, decoder_prompt
 
-DEFAULT_MAX_NEW_TOKENS = 224
 SECONDS_PER_TIMESTAMP = 0.02
 
 

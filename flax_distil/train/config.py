@@ -4,18 +4,23 @@
 
 `configs/base.yaml` documents every key with its default (the defaults below); an experiment file
 names `base: base.yaml` and overrides a few keys. Unknown sections or keys and invalid values are
-one-line errors naming the key, raised before anything touches a device. Nothing here imports jax.
+one-line errors naming the key, raised before any model loads: every field is checked against
+its type hint (`Literal` for choices), and data sources become typed `SourceSpec`s here, so a
+misspelled source key or an unknown source kind stops `train` (and `--dry-run`) at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
 
 
@@ -26,7 +31,7 @@ class ModelConfig:
     student_decoder_layers: int = 2
     freeze_encoder: bool = True
     freeze_token_embeddings: bool = False  # the student's token embedding = output projection
-    compute_dtype: str = "float32"  # or bfloat16; parameters stay float32 (master weights)
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # parameters stay float32
     remat_decoder: bool = False
     remat_encoder: bool = False
     dropout: float = 0.0  # residual dropout in the student decoder
@@ -34,14 +39,14 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    train: tuple[dict, ...] = ()  # SourceSpec fields: {kind, path, text_column, weight, ...}
-    eval: tuple[dict, ...] = ()  # the same, plus an optional `name`
+    train: tuple[SourceSpec, ...] = ()  # from {kind, path, text_column, weight, ...} mappings
+    eval: tuple[SourceSpec, ...] = ()  # the same; `name` (default: the path's last part) in logs
     language: str | None = "en"  # decoder prompt language (multilingual teachers)
     max_label_length: int = 128
     label_bucket: int = 0  # 0: labels padded to max_label_length; k: to the batch's longest, in k's
     length_groups: int = 1  # batches read together and sorted by label length
-    long_labels: str = "drop"  # or truncate
-    features_on: str = "device"  # or host
+    long_labels: Literal["drop", "truncate"] = "drop"
+    features_on: Literal["device", "host"] = "device"  # where the log-mel is computed
     cache_encoder_outputs: bool = False  # keep the frozen encoder's outputs in host memory
     min_seconds: float = 0.0
     max_seconds: float = 30.0
@@ -57,13 +62,13 @@ class TrainConfig:
     microbatches: int = 1  # gradient accumulation inside the step
     learning_rate: float = 1e-4
     warmup_steps: int = 100
-    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # after warmup
     weight_decay: float = 0.0
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
-    on_nan: str = "stop"  # stop | skip
+    on_nan: Literal["stop", "skip"] = "stop"
     seed: int = 0
 
 
@@ -118,39 +123,67 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {field.name: field.type for field in dataclasses.fields(Config)}
-CHOICES = {
-    ("model", "compute_dtype"): ("float32", "bfloat16"),
-    ("data", "long_labels"): ("drop", "truncate"),
-    ("data", "features_on"): ("device", "host"),
-    ("train", "schedule"): ("linear", "cosine", "constant"),
-    ("train", "on_nan"): ("stop", "skip"),
-}
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 
 
-def _section_class(name: str):
-    return globals()[SECTIONS[name]] if isinstance(SECTIONS[name], str) else SECTIONS[name]
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def _coerce(where: str, value: Any, annotation: str) -> Any:
-    """`value` checked against a field's annotation (ints accepted for floats)."""
-    kinds = {"int": int, "float": (int, float), "str": str, "bool": bool}
-    if annotation.startswith("tuple"):
-        if not isinstance(value, list | tuple) or not all(isinstance(v, dict) for v in value):
-            raise FlaxDistilError(f"{where}: expected a list of sources (mappings), got {value!r}")
-        return tuple(dict(v) for v in value)
-    optional = annotation.endswith("| None")
-    if value is None and optional:
-        return None
-    expected = kinds[annotation.split(" |")[0]]
-    if expected == (int, float) and isinstance(value, str):
+def _number(where: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, str):
         with contextlib.suppress(ValueError):  # YAML 1.1 reads 3e-4 (no dot) as a string
             value = float(value)
-    if isinstance(value, bool) and expected is not bool:
-        raise FlaxDistilError(f"{where}: expected {annotation}, got {value!r}")
-    if not isinstance(value, expected):
-        raise FlaxDistilError(f"{where}: expected {annotation}, got {value!r}")
-    return float(value) if annotation.startswith("float") else value
+    allowed = (int, float) if kind is float else kind
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise FlaxDistilError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _checked(where: str, value: Any, hint: Any) -> Any:
+    """`value` checked against a field's type hint: numbers, strings, booleans, optionals,
+    `Literal` choices, dataclasses (from mappings) and tuples of them."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _checked(where, value, inner)
+    if origin is typing.Literal:
+        if value not in args:
+            raise FlaxDistilError(f"{where}={value!r}: choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise FlaxDistilError(f"{where}: expected a list, got {value!r}")
+        return tuple(_checked(f"{where}[{i}]", item, args[0]) for i, item in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _dataclass(where, hint, value)
+    if hint in (int, float):
+        return _number(where, value, hint)
+    if not isinstance(value, hint):
+        raise FlaxDistilError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _dataclass(where: str, cls, value: Any):
+    """An instance of `cls` from a mapping whose keys are its fields, each checked."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise FlaxDistilError(
+            f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}"
+        )
+    hints = _hints(cls)
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+        known = ", ".join(hints)
+        raise FlaxDistilError(f"{where}: unknown key {unknown[0]!r}; {where} takes {known}")
+    checked = {key: _checked(f"{where}.{key}", item, hints[key]) for key, item in value.items()}
+    try:
+        return cls(**checked)
+    except (TypeError, FlaxDistilError) as error:  # a missing field, or the class's own checks
+        raise FlaxDistilError(f"{where}: {error}") from None
 
 
 def _merge(base: dict, update: dict, origin: str) -> dict:
@@ -162,7 +195,7 @@ def _merge(base: dict, update: dict, origin: str) -> dict:
             )
         if not isinstance(values, dict):
             raise FlaxDistilError(f"{origin}: section {section!r} must be a mapping")
-        fields = {f.name for f in dataclasses.fields(_section_class(section))}
+        fields = set(_hints(SECTIONS[section]))
         for key, value in values.items():
             if key not in fields:
                 known = ", ".join(sorted(fields))
@@ -219,19 +252,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def from_dict(values: dict) -> Config:
+    """The validated config of {section: {key: value}} (as read from YAML)."""
     sections = {}
-    for name in SECTIONS:
-        cls = _section_class(name)
-        hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        given = values.get(name, {})
-        unknown = set(given) - set(hints)
-        if unknown:
-            raise FlaxDistilError(f"unknown key {name}.{sorted(unknown)[0]}")
-        checked = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in given.items()}
-        sections[name] = cls(**checked)
+    for name, cls in SECTIONS.items():
+        sections[name] = _dataclass(name, cls, values.get(name, {}))
+    data = sections["data"]
+    sections["data"] = dataclasses.replace(
+        data, train=_named(data.train), eval=_named(data.eval, unique="data.eval")
+    )
     config = Config(**sections)
     validate(config)
     return config
+
+
+def _named(specs: tuple[SourceSpec, ...], unique: str | None = None) -> tuple[SourceSpec, ...]:
+    """Sources with a name (default: the last part of their path), unique where logs need it."""
+    named = tuple(
+        spec if spec.name else dataclasses.replace(spec, name=Path(spec.path).name or spec.path)
+        for spec in specs
+    )
+    names = [spec.name for spec in named]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if unique and duplicates:
+        raise FlaxDistilError(f"{unique}: two sources named {duplicates[0]!r}; give each a name")
+    return named
 
 
 def _require(condition: bool, message: str) -> None:
@@ -241,9 +285,6 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(config: Config) -> None:
     """Cross-field checks, each failure one line naming the key and the fix."""
-    for (section, key), choices in CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        _require(value in choices, f"{section}.{key}={value!r}: choose one of {', '.join(choices)}")
     train, loss = config.train, config.loss
     _require(train.num_steps >= 1, "train.num_steps must be at least 1")
     _require(train.batch_size >= 1, "train.batch_size must be at least 1")
@@ -272,30 +313,6 @@ def validate(config: Config) -> None:
     _require(config.data.max_label_length >= 8, "data.max_label_length must be at least 8")
     _require(config.data.label_bucket >= 0, "data.label_bucket must be >= 0 (0: no buckets)")
     _require(config.data.length_groups >= 1, "data.length_groups must be >= 1")
-    for index, spec in enumerate(config.data.train + config.data.eval):
-        _require(
-            "kind" in spec and "path" in spec,
-            f"data source {index} ({spec}): needs at least 'kind' and 'path'",
-        )
-
-
-def source_specs(entries: tuple[dict, ...]):
-    """(name, SourceSpec) pairs for the data section's source entries."""
-    from flax_distil.data import SourceSpec
-
-    fields = {f.name for f in dataclasses.fields(SourceSpec)}
-    specs = []
-    for entry in entries:
-        entry = dict(entry)
-        name = entry.pop("name", None) or Path(str(entry.get("path"))).name
-        unknown = set(entry) - fields
-        if unknown:
-            raise FlaxDistilError(
-                f"data source {name}: unknown key {sorted(unknown)[0]}; "
-                f"sources take {', '.join(sorted(fields))}"
-            )
-        specs.append((name, SourceSpec(**entry)))
-    return specs
 
 
 def dump_yaml(config: Config) -> str:

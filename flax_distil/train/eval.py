@@ -8,7 +8,6 @@ predictions are dropped.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -16,37 +15,14 @@ import numpy as np
 from flax import nnx
 
 from flax_distil.audio import N_SAMPLES, batch_audio
-from flax_distil.data import Example, ExampleStream, Source, label_arrays
-from flax_distil.errors import FlaxDistilError
+from flax_distil.data import label_arrays
+from flax_distil.data.eval_set import EvalSet, load_eval_set
 from flax_distil.generation.greedy import greedy_decode
 from flax_distil.generation.rules import LogitRules
 from flax_distil.metrics import word_error_rate
 from flax_distil.parallel import allgather, global_batch
-from flax_distil.train.config import source_specs
 from flax_distil.train.run import Run, example_limits
 from flax_distil.train.step import DistillModels, features_of, jit_eval_step, student_frozen_parts
-
-
-@dataclasses.dataclass
-class EvalSet:
-    name: str
-    examples: list[Example]
-
-
-def load_eval_sets(named_specs, max_examples: int, limits) -> list[EvalSet]:
-    """The first `max_examples` usable examples of each eval source (read by every host)."""
-    sets = []
-    for name, spec in named_specs:
-        stream = ExampleStream([Source(spec)], seed=0, limits=limits, max_skip_ratio=1.0)
-        examples = []
-        for example in stream.one_epoch():
-            examples.append(example)
-            if len(examples) == max_examples:
-                break
-        if not examples:
-            raise FlaxDistilError(f"eval set {name}: no usable examples")
-        sets.append(EvalSet(name, examples))
-    return sets
 
 
 def _host_rows(batch: dict) -> dict:
@@ -56,25 +32,26 @@ def _host_rows(batch: dict) -> dict:
     return {k: v[start : start + rows] for k, v in batch.items()}
 
 
-def eval_batches(eval_set, tokenizer, prompt, batch_size, max_label_length, num_devices):
+def eval_batches(eval_set: EvalSet, tokenizer, prompt, batch_size, max_label_length, num_devices):
     """(global batch as numpy dict, number of real rows) pairs, labels truncated to fit."""
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     padded = -(-batch_size // num_devices) * num_devices
-    for start in range(0, len(eval_set.examples), batch_size):
-        chunk = eval_set.examples[start : start + batch_size]
-        real = len(chunk)
-        chunk = chunk + [chunk[-1]] * (padded - real)
-        rows = []
-        for example in chunk:
-            tokens = tokenizer(" " + example.text, add_special_tokens=False).input_ids
-            rows.append(label_arrays(prompt, tokens, eos, max_label_length))
-        loss_mask = np.stack([r[2] for r in rows])
+    for start in range(0, len(eval_set), batch_size):
+        rows = list(range(start, min(start + batch_size, len(eval_set))))
+        real = len(rows)
+        rows += [rows[-1]] * (padded - real)
+        labels = []
+        for row in rows:
+            text = " " + eval_set.references[row]
+            tokens = tokenizer(text, add_special_tokens=False).input_ids
+            labels.append(label_arrays(prompt, tokens, eos, max_label_length))
+        loss_mask = np.stack([r[2] for r in labels])
         loss_mask[real:] = 0.0
         batch = {
-            "decoder_input_ids": np.stack([r[0] for r in rows]),
-            "labels": np.stack([r[1] for r in rows]),
+            "decoder_input_ids": np.stack([r[0] for r in labels]),
+            "labels": np.stack([r[1] for r in labels]),
             "loss_mask": loss_mask,
-            "audio": batch_audio([e.audio for e in chunk], N_SAMPLES),
+            "audio": batch_audio([eval_set.audio[row] for row in rows], N_SAMPLES),
         }
         yield batch, real
 
@@ -126,13 +103,13 @@ def evaluate_sets(
             )
             for row in allgather(tokens, tiled=True)[:real]:
                 predictions.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
-        references = [e.text for e in eval_set.examples]
+        references = eval_set.references
         tokens = max(sums["tokens"], 1.0)
         results[eval_set.name] = {
             "loss": sums["objective"] / tokens,
             "ce": sums["ce"] / tokens,
             "kl": sums["kl"] / tokens,
-            "wer": 100.0 * word_error_rate(references, predictions),
+            "wer": word_error_rate(references, predictions),
         }
         samples[eval_set.name] = list(zip(references, predictions, strict=True))
     return results, samples
@@ -149,9 +126,10 @@ def make_eval(run: Run):
     config = run.config
     if not config.data.eval:
         return None
-    eval_sets = load_eval_sets(
-        source_specs(config.data.eval), config.eval.max_examples, example_limits(config)
-    )
+    eval_sets = [
+        load_eval_set(spec, config.eval.max_examples, example_limits(config))
+        for spec in config.data.eval
+    ]
     eval_step = jit_eval_step(
         run.models, run.settings, run.mesh, ("decoder_input_ids", "labels", "loss_mask", "audio")
     )

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from flax_distil import parallel
 from flax_distil.data.batches import pad_labels
 from flax_distil.errors import FlaxDistilError
+from flax_distil.metrics import percent
 from flax_distil.train import checkpoints
 from flax_distil.train.config import Config
 from flax_distil.train.encoder_cache import EncoderCache
@@ -209,7 +210,7 @@ class Loop:
             table = "\n\n".join(f"**reference:** {r}  \n**prediction:** {p}" for r, p in shown)
             self.writer.text(step, f"samples/{name}", table)
         self.last_eval = results
-        summary = ", ".join(f"{n} WER {v['wer']:.1f}%" for n, v in results.items())
+        summary = ", ".join(f"{n} WER {percent(v['wer'])}" for n, v in results.items())
         tqdm.write(f"step {step}: {summary} ({time.perf_counter() - started:.0f}s)")
 
     def _save(self, step: int) -> None:

@@ -22,7 +22,7 @@ def kl_sum(
 ) -> jax.Array:
     """Sum over masked positions of KL(teacher || student), both softened by `temperature`.
 
-    Not multiplied by T^2: `distillation_loss` applies the weight."""
+    Not multiplied by T^2: `distillation_sums` applies the weight."""
     teacher_log = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     student_log = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     teacher_probs = jnp.exp(teacher_log)

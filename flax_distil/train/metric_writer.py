@@ -7,10 +7,11 @@ the lines after the restored step, so the file always tells one uninterrupted hi
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jax
+
+from flax_distil.metrics import json_safe
 
 
 class MetricWriter:
@@ -30,7 +31,7 @@ class MetricWriter:
             return
         for name, value in values.items():
             self.writer.add_scalar(f"{kind}/{name}", value, step)
-        record = {"step": step, "kind": kind, **{k: _finite_or_none(v) for k, v in values.items()}}
+        record = {"step": step, "kind": kind, **json_safe({k: float(v) for k, v in values.items()})}
         with self.log_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -47,18 +48,9 @@ class MetricWriter:
         }
         self.writer.add_hparams(plain, {}, name="hparams")
 
-    def flush(self) -> None:
-        if self.active:
-            self.writer.flush()
-
     def close(self) -> None:
         if self.active:
             self.writer.close()
-
-
-def _finite_or_none(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _truncate_after(path: Path, step: int) -> None:
