@@ -89,35 +89,44 @@ def mel_filters(num_mel_bins: int) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _frame_indices(num_samples: int) -> np.ndarray:
-    """Sample indices of each STFT frame, minus the last frame Whisper drops anyway."""
-    num_frames = num_samples // HOP_LENGTH  # 1 + samples // hop after centring, less the last
-    return np.arange(num_frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
+FRAMES_PER_STEP = 300  # 3 s of frames per loop step: each step's STFT stays in cache
 
 
-def _log_mel_clip(audio: jax.Array, num_mel_bins: int) -> jax.Array:
-    """Log-mel [frames, num_mel_bins] of one clip."""
-    padded = jnp.pad(audio, (N_FFT // 2, N_FFT // 2), mode="reflect")
+def _log_spectrogram(padded: jax.Array, first_frame, num_mel_bins: int) -> jax.Array:
+    """log10 mel power [batch, FRAMES_PER_STEP, bins] of frames first_frame... of reflect-padded
+    audio [batch, samples + N_FFT]."""
+    span = (FRAMES_PER_STEP - 1) * HOP_LENGTH + N_FFT
+    audio = jax.lax.dynamic_slice_in_dim(padded, first_frame * HOP_LENGTH, span, axis=1)
+    offsets = np.arange(FRAMES_PER_STEP)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
     window = jnp.asarray(np.hanning(N_FFT + 1)[:-1], jnp.float32)  # periodic Hann
-    spectrum = jnp.fft.rfft(padded[_frame_indices(audio.shape[-1])] * window, axis=-1)
+    spectrum = jnp.fft.rfft(audio[:, offsets] * window, axis=-1)
     power = spectrum.real**2 + spectrum.imag**2
     mel = jnp.matmul(power, mel_filters(num_mel_bins), precision=jax.lax.Precision.HIGHEST)
-    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
-    log_spec = jnp.maximum(log_spec, log_spec.max() - 8.0)
-    return (log_spec + 4.0) / 4.0
+    return jnp.log10(jnp.maximum(mel, 1e-10))
 
 
 @functools.partial(jax.jit, static_argnames=("num_mel_bins",))
 def log_mel(audio: jax.Array, num_mel_bins: int = 80) -> jax.Array:
     """Log-mel features [batch, num_mel_bins, frames] of 16 kHz audio [batch, samples].
 
-    Pass audio already padded to 30 s (`batch_audio`) to get Whisper's 3,000 frames. Clips are
-    processed one at a time inside the jit (`lax.map`): each clip's ~5 MB of frames stays in
-    cache, which is ~2x faster on CPU than one batched STFT over the whole batch.
+    Pass audio already padded to 30 s (`batch_audio`) to get Whisper's 3,000 frames. The STFT
+    loops over 3 s spans of frames for the whole batch at once (`lax.map` over time, not over
+    clips): each step's frames stay in cache (~2x faster on CPU than one STFT of the batch),
+    and the batch stays a batch dimension, so batch-sharded audio gives batch-sharded features
+    with no communication between devices.
     """
     audio = jnp.asarray(audio, jnp.float32)
-    features = jax.lax.map(lambda clip: _log_mel_clip(clip, num_mel_bins), audio)
-    return jnp.swapaxes(features, 1, 2)
+    batch, samples = audio.shape
+    frames = samples // HOP_LENGTH  # 1 + samples // hop after centring, less the last frame
+    steps = -(-frames // FRAMES_PER_STEP)
+    padded = jnp.pad(audio, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
+    tail = steps * FRAMES_PER_STEP * HOP_LENGTH + N_FFT - padded.shape[1]
+    padded = jnp.pad(padded, ((0, 0), (0, max(tail, 0))))  # frames past the end, cut below
+    first_frames = jnp.arange(steps) * FRAMES_PER_STEP
+    spans = jax.lax.map(lambda first: _log_spectrogram(padded, first, num_mel_bins), first_frames)
+    log_spec = jnp.moveaxis(spans, 0, 1).reshape(batch, -1, num_mel_bins)[:, :frames]
+    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
+    return jnp.swapaxes((log_spec + 4.0) / 4.0, 1, 2)
 
 
 def features_from_files(paths, num_mel_bins: int = 80) -> np.ndarray:

@@ -69,8 +69,8 @@ class PseudoLabelOptions:
             (self.shard_size >= 1, "--shard-size must be at least 1"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
             (
-                0 <= self.wer_threshold <= 1,
-                "--wer-threshold is a fraction (0.1 keeps labels within 10% WER)",
+                self.wer_threshold >= 0,
+                "--wer-threshold must be >= 0 (a fraction: 0.1 keeps labels within 10% WER)",
             ),
         ):
             if not ok:

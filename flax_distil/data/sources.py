@@ -20,9 +20,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from flax_distil.errors import FlaxDistilError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("hub", "parquet", "audiofolder", "jsonl")
 STREAMING_KINDS = ("hub", "parquet")
@@ -70,10 +73,15 @@ class SourceSpec:
             raise FlaxDistilError(
                 f"source {self.path}: wer_threshold needs ground_truth_column or wer_column"
             )
-        if self.wer_threshold is not None and not 0 <= self.wer_threshold <= 1:
-            raise FlaxDistilError(
-                f"source {self.path}: wer_threshold is a fraction (0.1 keeps labels within 10% "
-                f"WER), got {self.wer_threshold}"
+        if self.wer_threshold is not None and self.wer_threshold < 0:
+            raise FlaxDistilError(f"source {self.path}: wer_threshold must be >= 0")
+        if self.wer_threshold is not None and self.wer_threshold > 1:
+            log.warning(
+                "source %s: wer_threshold %g keeps labels with up to %g%% WER (it is a fraction: "
+                "0.1 keeps labels within 10%%)",
+                self.path,
+                self.wer_threshold,
+                100 * self.wer_threshold,
             )
 
 
