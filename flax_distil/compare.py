@@ -43,17 +43,23 @@ def compare(
     options: EvaluateOptions | None = None,
     *,
     num_examples: int = 3,
+    dtype=None,
+    shard_weights: bool = False,
 ) -> Path:
     """Evaluates teacher, student and speculative decoding on every dataset; returns report.md's
-    path. `teacher` and `student` are model sources (`Transcriber.load`); `datasets` maps a
-    short name (used in file names) to a `SourceSpec` or an already loaded `EvalSet`."""
+    path. `teacher` and `student` are model sources (`Transcriber.load`, with `dtype` and
+    `shard_weights`); `datasets` maps a short name (used in file names) to a `SourceSpec` or an
+    already loaded `EvalSet`."""
     if not datasets:
         raise FlaxDistilError("compare needs at least one dataset")
     options = options or EvaluateOptions()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    teacher_model = Transcriber.load(teacher, assistant=student, draft_vocab=options.draft_vocab)
-    student_model = Transcriber.load(student)
+    loading = dict(dtype=dtype, shard_weights=shard_weights)
+    teacher_model = Transcriber.load(
+        teacher, assistant=student, draft_vocab=options.draft_vocab, **loading
+    )
+    student_model = Transcriber.load(student, **loading)
     slugs = [_slug(name) for name in datasets]
     if len(set(slugs)) < len(slugs):
         raise FlaxDistilError(f"dataset names {list(datasets)} clash as file names; rename them")

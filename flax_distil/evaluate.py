@@ -39,14 +39,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, log_mel
+from flax_distil.audio import N_SAMPLES, SAMPLE_RATE
 from flax_distil.data.eval_set import EvalSet, load_eval_set
 from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
-from flax_distil.generation.longform import chunk_starts, transcribe_chunked
-from flax_distil.generation.transcriber import Transcriber
+from flax_distil.generation import DecodeOptions, Transcriber
+from flax_distil.generation.longform import chunk_starts
+from flax_distil.generation.transcripts import short_batches
 from flax_distil.metrics import (
     json_safe,
     normalize,
@@ -82,10 +82,22 @@ class EvaluateOptions:
             raise FlaxDistilError("--draft-vocab must be at least 1")
         if self.max_samples is not None and self.max_samples < 1:
             raise FlaxDistilError("--max-samples must be at least 1")
+        self.decoding(self.num_draft)  # its checks, before any model loads
         if self.noise not in (None, *NOISE_KINDS):
             raise FlaxDistilError(f"--noise must be one of {', '.join(NOISE_KINDS)}")
         if bool(self.noise) != bool(self.snr_db):
             raise FlaxDistilError("--noise and --snr go together (e.g. --noise white --snr 10,5,0)")
+
+    def decoding(self, num_draft: int) -> DecodeOptions:
+        """How each pass decodes: greedy (num_draft 0) or speculative; long clips chunked."""
+        return DecodeOptions(
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            language=self.language,
+            num_draft=num_draft,
+            long_form="chunked",
+            chunk_seconds=self.chunk_seconds,
+        )
 
 
 @dataclasses.dataclass
@@ -98,71 +110,41 @@ class _Pass:
     hit_token_limit: int = 0  # short-form clips whose decoding stopped at max_new_tokens
 
 
-class _Plan:
-    """Which clips go together in short-form batches, which go long-form, and every batch size
-    (so the warm-up compiles exactly the programs the timed pass will run)."""
-
-    def __init__(self, audio: list[np.ndarray], options: EvaluateOptions):
-        short = [i for i, clip in enumerate(audio) if len(clip) <= N_SAMPLES]
-        self.long = [i for i, clip in enumerate(audio) if len(clip) > N_SAMPLES]
-        size = options.batch_size
-        self.batches = [short[first : first + size] for first in range(0, len(short), size)]
-        self.sizes = {len(batch) for batch in self.batches}
-        chunk = int(options.chunk_seconds * SAMPLE_RATE)
-        for index in self.long:  # transcribe_chunked's windows (default stride: chunk / 6)
-            windows = len(chunk_starts(len(audio[index]), chunk, chunk // 6))
-            self.sizes |= {min(size, windows - first) for first in range(0, windows, size)}
+def _batch_sizes(audio: list[np.ndarray], options: EvaluateOptions) -> set[int]:
+    """Every batch size a pass decodes: its short-clip batches and each long clip's batches of
+    chunked windows (default stride: chunk / 6), so a warm-up compiles exactly those."""
+    sizes = {len(batch) for batch in short_batches(audio, options.batch_size)}
+    chunk = int(options.chunk_seconds * SAMPLE_RATE)
+    for clip in audio:
+        if len(clip) > N_SAMPLES:
+            windows = len(chunk_starts(len(clip), chunk, chunk // 6))
+            sizes |= {
+                min(options.batch_size, windows - f) for f in range(0, windows, options.batch_size)
+            }
+    return sizes
 
 
-def _generate_kwargs(options: EvaluateOptions, num_draft: int) -> dict:
-    return dict(
-        language=options.language, max_new_tokens=options.max_new_tokens, num_draft=num_draft
-    )
-
-
-def _warm_up(transcriber, plan: _Plan, audio, options, num_draft: int) -> float:
+def _warm_up(transcriber, audio, options, num_draft: int) -> float:
     """Compiles every program a pass uses, on real audio; returns the seconds it took."""
     started = time.perf_counter()
     sample = audio[0][:N_SAMPLES]
-    for size in sorted(plan.sizes):
-        features = log_mel(batch_audio([sample] * size), transcriber.config.num_mel_bins)
-        transcriber.generate(features, **_generate_kwargs(options, num_draft))
+    decoding = options.decoding(num_draft)
+    for size in sorted(_batch_sizes(audio, options)):
+        transcriber.transcribe([sample] * size, dataclasses.replace(decoding, batch_size=size))
     return time.perf_counter() - started
 
 
-def _transcribe(transcriber, plan: _Plan, audio, options, num_draft: int, desc: str) -> _Pass:
-    texts: list[str] = [""] * len(audio)
-    tokens: list[list[int]] = [[] for _ in audio]
-    result = _Pass(texts, tokens, 0.0)
-    kwargs = _generate_kwargs(options, num_draft)
-    eos = transcriber.config.eos_token_id
-    bar = tqdm(total=len(audio), desc=desc, unit="clip", leave=False)
+def _transcribe(transcriber, audio, options, num_draft: int, desc: str) -> _Pass:
     started = time.perf_counter()
-    for batch in plan.batches:
-        clips = batch_audio([audio[i] for i in batch])
-        generated = transcriber.generate(log_mel(clips, transcriber.config.num_mel_bins), **kwargs)
-        for index, row in zip(batch, generated.rows(), strict=True):
-            result.hit_token_limit += eos not in row
-            tokens[index] = [t for t in row if t != eos]
-            texts[index] = transcriber.text(tokens[index])
-        result.verifications += generated.verifications
-        result.accepted_drafts += generated.accepted_drafts
-        bar.update(len(batch))
-    for index in plan.long:
-        out = transcribe_chunked(
-            transcriber,
-            audio[index],
-            chunk_seconds=options.chunk_seconds,
-            batch_size=options.batch_size,
-            **kwargs,
-        )
-        texts[index], tokens[index] = out["text"], out["tokens"]
-        result.verifications += out["verifications"]
-        result.accepted_drafts += out["accepted_drafts"]
-        bar.update(1)
-    result.wall_seconds = time.perf_counter() - started
-    bar.close()
-    return result
+    transcripts = transcriber.transcribe(audio, options.decoding(num_draft), progress=desc)
+    return _Pass(
+        texts=[t.text for t in transcripts],
+        tokens=[t.tokens for t in transcripts],
+        wall_seconds=time.perf_counter() - started,
+        verifications=sum(t.verifications for t in transcripts),
+        accepted_drafts=sum(t.accepted_drafts for t in transcripts),
+        hit_token_limit=sum(not t.finished for t in transcripts),
+    )
 
 
 def _speed(audio_seconds: float, wall_seconds: float) -> dict:
@@ -210,15 +192,14 @@ def evaluate(
     """
     options = options or EvaluateOptions()
     data = source if isinstance(source, EvalSet) else load_eval_set(source, options.max_samples)
-    plan = _Plan(data.audio, options)
     seconds = data.audio_seconds
-    compile_seconds = _warm_up(transcriber, plan, data.audio, options, num_draft=0)
-    greedy = _transcribe(transcriber, plan, data.audio, options, 0, desc="greedy")
+    compile_seconds = _warm_up(transcriber, data.audio, options, num_draft=0)
+    greedy = _transcribe(transcriber, data.audio, options, 0, desc="greedy")
     metrics = {
         "model": model_name,
         "dataset": data.name,
         "num_samples": len(data),
-        "num_long_form": len(plan.long),
+        "num_long_form": sum(len(clip) > N_SAMPLES for clip in data.audio),
         "num_skipped": len(data.skipped),
         "skipped": data.skipped_by_reason(),
         "skipped_examples": data.skipped,
@@ -231,13 +212,13 @@ def evaluate(
         "batch_size": options.batch_size,
         "max_new_tokens": options.max_new_tokens,
         "backend": jax.default_backend(),
+        "devices": int(transcriber.mesh.devices.size),
+        "dtype": str(transcriber.dtype),
     }
     extra = None
     if transcriber.assistant is not None:
-        compile_seconds += _warm_up(transcriber, plan, data.audio, options, options.num_draft)
-        spec = _transcribe(
-            transcriber, plan, data.audio, options, options.num_draft, desc="speculative"
-        )
+        compile_seconds += _warm_up(transcriber, data.audio, options, options.num_draft)
+        spec = _transcribe(transcriber, data.audio, options, options.num_draft, desc="speculative")
         same = [a == b for a, b in zip(greedy.tokens, spec.tokens, strict=True)]
         metrics.update(
             assistant=assistant_name,
@@ -264,7 +245,7 @@ def evaluate(
             audio = [
                 mix_noise(clip, noise, snr) for clip, noise in zip(data.audio, noises, strict=True)
             ]
-            run = _transcribe(transcriber, plan, audio, options, 0, desc=f"{snr:g} dB SNR")
+            run = _transcribe(transcriber, audio, options, 0, desc=f"{snr:g} dB SNR")
             scores = transcript_metrics(data.references, run.texts)
             results.append(
                 {

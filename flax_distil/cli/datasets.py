@@ -91,6 +91,8 @@ def pseudo_label(args: argparse.Namespace) -> None:
         language=args.language,
         max_new_tokens=args.max_new_tokens,
         wer_threshold=args.wer_threshold,
+        dtype=args.dtype,
+        shard_weights=args.shard_weights,
     )
     join(args)
     summary = label(args.model, dataset_spec(args, args.dataset), args.output, options)

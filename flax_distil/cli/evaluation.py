@@ -71,7 +71,11 @@ def evaluate(args: argparse.Namespace) -> None:
     options = _options(args)  # checked before the model loads
     spec = dataset_spec(args, args.dataset)
     transcriber = Transcriber.load(
-        args.model, assistant=args.assistant, draft_vocab=options.draft_vocab
+        args.model,
+        assistant=args.assistant,
+        dtype=args.dtype,
+        draft_vocab=options.draft_vocab,
+        shard_weights=args.shard_weights,
     )
     metrics = score(
         transcriber,
@@ -125,5 +129,13 @@ def compare(args: argparse.Namespace) -> None:
         if name in datasets:
             raise FlaxDistilError(f"two datasets named {name!r}; name them: --dataset NAME=PATH")
         datasets[name] = dataset_spec(args, path)
-    written = report(args.teacher, args.student, datasets, args.output, options)
+    written = report(
+        args.teacher,
+        args.student,
+        datasets,
+        args.output,
+        options,
+        dtype=args.dtype,
+        shard_weights=args.shard_weights,
+    )
     print(f"wrote {written} (plots and per-model metrics beside it)")

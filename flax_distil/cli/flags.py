@@ -41,10 +41,22 @@ def dataset_spec(args: argparse.Namespace, dataset: str):
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    """Batch size, token limit and language of greedy decoding."""
-    parser.add_argument("--batch-size", type=int, default=batch_size)
+    """Batch size, token limit and language of decoding; the dtype and placement of weights."""
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help="per process, split over its devices"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--language", help="language code; detected when omitted")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="weights, computation and KV caches (default: bfloat16 on GPU/TPU, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--shard-weights",
+        action="store_true",
+        help="split the weights over this process's devices instead of copying them to each",
+    )
 
 
 def add_draft_flags(parser: argparse.ArgumentParser) -> None:

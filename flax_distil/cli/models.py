@@ -119,10 +119,10 @@ def add_transcribe(commands) -> None:
 def transcribe(args: argparse.Namespace) -> int:
     import json
 
-    from flax_distil.generation import Transcriber
-    from flax_distil.transcribe import TranscribeOptions, transcribe_files
+    from flax_distil.generation import DecodeOptions, Transcriber
+    from flax_distil.transcribe import transcribe_files
 
-    options = TranscribeOptions(
+    options = DecodeOptions(
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         timestamps=args.timestamps,
@@ -131,7 +131,11 @@ def transcribe(args: argparse.Namespace) -> int:
         num_draft=args.num_draft if args.assistant else 0,
     )
     transcriber = Transcriber.load(
-        args.model, assistant=args.assistant, draft_vocab=args.draft_vocab
+        args.model,
+        assistant=args.assistant,
+        dtype=args.dtype,
+        draft_vocab=args.draft_vocab,
+        shard_weights=args.shard_weights,
     )
     results, errors = transcribe_files(transcriber, args.audio, options)
     for result in results:

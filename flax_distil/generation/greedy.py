@@ -4,6 +4,10 @@ The model enters as NNX (graphdef, state): the graphdef and the `LogitRules` are
 jitted program exists per (model structure, rules, batch size, prompt length, max new tokens)
 and repeated calls with those shapes never compile again. The KV cache is a fixed-size buffer;
 every row advances one token per iteration and rows that finished keep emitting end-of-text.
+
+`rows` (a static `NamedSharding`, or None) pins every batch-major array (encoder output, KV
+caches, tokens) to the batch split over devices: each device decodes its own rows with the
+weights it holds, and nothing batch-sized crosses devices.
 """
 
 from __future__ import annotations
@@ -21,25 +25,35 @@ from flax_distil.generation.rules import LogitRules, apply_rules
 
 @dataclasses.dataclass
 class Generated:
-    """Generated tokens [B, N] (end-of-text padded) and each row's length, end-of-text included."""
+    """Generated tokens [B, N] (end-of-text padded) and each row's length, end-of-text included;
+    with speculative decoding, each row's teacher verifications and accepted drafts [B]."""
 
     tokens: np.ndarray
     lengths: np.ndarray
-    verifications: int = 0  # speculative decoding: teacher verifications, summed over rows
-    accepted_drafts: int = 0  # speculative decoding: draft tokens kept, summed over rows
+    verifications: np.ndarray | None = None
+    accepted_drafts: np.ndarray | None = None
 
     @property
     def mean_accepted(self) -> float:
         """Draft tokens accepted per teacher verification (speculative decoding)."""
-        return self.accepted_drafts / max(self.verifications, 1)
+        if self.verifications is None:
+            return 0.0
+        return float(self.accepted_drafts.sum() / max(self.verifications.sum(), 1))
 
     def rows(self) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def encode(graphdef: nnx.GraphDef, state: nnx.State, features: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state).encode(features)
+def constrain_rows(tree, rows):
+    """Every array of `tree` (batch-major) pinned to the row sharding `rows`; None: unchanged."""
+    if rows is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rows), tree)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="rows")
+def encode(graphdef: nnx.GraphDef, state: nnx.State, features: jax.Array, rows=None) -> jax.Array:
+    return constrain_rows(nnx.merge(graphdef, state).encode(features), rows)
 
 
 def generated_lengths(tokens: jax.Array, eos_token_id: int) -> jax.Array:
@@ -58,7 +72,7 @@ def prefill(model, encoder_out, prompt, cache_length, prompt_start=None):
     return cache
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("rules", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("rules", "max_new_tokens", "rows"))
 def greedy_decode(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -68,6 +82,7 @@ def greedy_decode(
     *,
     rules: LogitRules,
     max_new_tokens: int,
+    rows=None,
 ) -> jax.Array:
     """Greedy tokens [B, max_new_tokens] after prompt [B, P]; end-of-text pads finished rows.
 
@@ -78,7 +93,9 @@ def greedy_decode(
     total = prompt_length + max_new_tokens
     eos = rules.eos_token_id
     tokens = jnp.full((batch, total), eos, jnp.int32).at[:, :prompt_length].set(prompt)
-    cache = prefill(model, encoder_out, prompt, total, prompt_start)
+    tokens, cache = constrain_rows(
+        (tokens, prefill(model, encoder_out, prompt, total, prompt_start)), rows
+    )
 
     def keep_going(carry):
         step, _, _, done = carry
@@ -96,4 +113,4 @@ def greedy_decode(
 
     carry = (jnp.int32(0), tokens, cache, jnp.zeros((batch,), bool))
     _, tokens, _, _ = jax.lax.while_loop(keep_going, advance, carry)
-    return tokens[:, prompt_length:]
+    return constrain_rows(tokens[:, prompt_length:], rows)

@@ -16,10 +16,10 @@ import itertools
 
 import numpy as np
 
-from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio, log_mel
+from flax_distil.audio import N_SAMPLES, SAMPLE_RATE, batch_audio
 from flax_distil.errors import FlaxDistilError
-from flax_distil.generation.transcriber import SECONDS_PER_TIMESTAMP, Transcriber, prompt_width
-from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS, decoder_prompt
+from flax_distil.generation.batching import prompt_width
+from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS, SECONDS_PER_TIMESTAMP
 
 SAMPLES_PER_TIMESTAMP = int(SECONDS_PER_TIMESTAMP * SAMPLE_RATE)  # 320
 
@@ -61,7 +61,7 @@ def chunk_starts(num_samples: int, chunk: int, stride: int) -> list[int]:
 
 
 def transcribe_chunked(
-    transcriber: Transcriber,
+    transcriber,
     audio: np.ndarray,
     *,
     chunk_seconds: float = 15.0,
@@ -81,31 +81,15 @@ def transcribe_chunked(
     sequences, stats = [], {"verifications": 0, "accepted_drafts": 0}
     for first in range(0, len(windows), batch_size):
         windows_audio = batch_audio(windows[first : first + batch_size])
-        features = log_mel(windows_audio, transcriber.config.num_mel_bins)
-        generated = transcriber.generate(features, timestamps=False, **generate_kwargs)
+        generated = transcriber.generate_audio(windows_audio, timestamps=False, **generate_kwargs)
         sequences += [_text_tokens(row, eos) for row in generated.rows()]
-        stats["verifications"] += generated.verifications
-        stats["accepted_drafts"] += generated.accepted_drafts
+        if generated.verifications is not None:
+            stats["verifications"] += int(generated.verifications.sum())
+            stats["accepted_drafts"] += int(generated.accepted_drafts.sum())
     # Tokens in the shared audio of two windows: about the overlap's share of a window, padded
     # generously because speech is not spread evenly.
     tokens = merge_overlapping(sequences, max_overlap_fraction=min(1.0, 4 * stride / chunk))
     return {"text": transcriber.text(tokens), "tokens": tokens, "windows": len(windows), **stats}
-
-
-def _start_tokens(transcriber, first_window, language, task) -> list[int]:
-    """The start sequence with timestamps; a multilingual model without a language detects it
-    on the first window and keeps it for the whole file, as OpenAI's `transcribe` does."""
-    if transcriber.config.is_multilingual and language is None:
-        features = log_mel(batch_audio([first_window]), transcriber.config.num_mel_bins)
-        prompts = transcriber.prompts(transcriber.encode(features), task=task, timestamps=True)
-        return prompts[0].tolist()
-    return decoder_prompt(
-        transcriber.tokenizer,
-        multilingual=transcriber.config.is_multilingual,
-        language=language,
-        task=task,
-        timestamps=True,
-    )
 
 
 def previous_text_prompt(transcriber, previous: list[int], start_tokens: list[int]) -> list[int]:
@@ -145,7 +129,7 @@ def _segments_of_window(row, begin):
 
 
 def transcribe_sequential(
-    transcriber: Transcriber,
+    transcriber,
     audio: np.ndarray,
     *,
     language: str | None = None,
@@ -165,15 +149,19 @@ def transcribe_sequential(
     same window again)."""
     eos = transcriber.config.eos_token_id
     begin = transcriber.special.timestamp_begin
-    start_tokens = _start_tokens(transcriber, audio[:N_SAMPLES], language, task)
+    # A multilingual model without a language detects it on the first window and keeps it for
+    # the whole file, as OpenAI's `transcribe` does.
+    start_tokens = transcriber.start_tokens(
+        audio[:N_SAMPLES], language=language, task=task, timestamps=True
+    )
     seek, all_tokens, segments = 0, [], []
     while seek < len(audio):
         window = audio[seek : seek + N_SAMPLES]
         previous = all_tokens if condition_on_previous else []
         prompt = previous_text_prompt(transcriber, previous, start_tokens)
         slots = prompt_width(len(prompt), transcriber.config.max_target_positions)
-        generated = transcriber.generate(
-            log_mel(batch_audio([window]), transcriber.config.num_mel_bins),
+        generated = transcriber.generate_audio(
+            batch_audio([window]),
             prompts=[prompt],
             timestamps=True,
             max_new_tokens=min(max_new_tokens, transcriber.max_new_tokens_limit(slots, num_draft)),

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_distil.generation.greedy import prefill
+from flax_distil.generation.greedy import constrain_rows, prefill
 from flax_distil.generation.rules import LogitRules, apply_rules
 from flax_distil.whisper import write_rows
 
@@ -76,7 +76,7 @@ def _draft(student, head, s_cache, tokens, length, prompt_length, prompt_start, 
 @functools.partial(
     jax.jit,
     static_argnums=(0, 2),
-    static_argnames=("rules", "max_new_tokens", "num_draft", "draft_vocab"),
+    static_argnames=("rules", "max_new_tokens", "num_draft", "draft_vocab", "rows"),
 )
 def speculative_decode(
     t_graphdef: nnx.GraphDef,
@@ -91,10 +91,11 @@ def speculative_decode(
     max_new_tokens: int,
     num_draft: int,
     draft_vocab: int | None = None,
+    rows=None,
 ):
-    """Teacher-greedy tokens [B, max_new_tokens]; verifications and accepted drafts, summed
-    over rows (their ratio is the mean number of drafts accepted per verification). Prompts
-    are left-padded as in `greedy_decode`."""
+    """Teacher-greedy tokens [B, max_new_tokens], and each row's teacher verifications and
+    accepted drafts [B] (their ratio is the mean number of drafts accepted per verification).
+    Prompts are left-padded and `rows` pins the batch as in `greedy_decode`."""
     teacher, student = nnx.merge(t_graphdef, t_state), nnx.merge(s_graphdef, s_state)
     head = draft_head(student, draft_vocab, rules.first_special_token)
     batch, prompt_length = prompt.shape
@@ -103,6 +104,7 @@ def speculative_decode(
     tokens = jnp.full((batch, buffer), eos, jnp.int32).at[:, :prompt_length].set(prompt)
     t_cache = prefill(teacher, encoder_out, prompt, buffer, prompt_start)
     s_cache = prefill(student, encoder_out, prompt, buffer, prompt_start)
+    tokens, t_cache, s_cache = constrain_rows((tokens, t_cache, s_cache), rows)
 
     def keep_going(carry):
         return ~carry[4].all()
@@ -130,15 +132,16 @@ def speculative_decode(
         count = jnp.where(done, 0, jnp.minimum(count, end - length))
         tokens = write_rows(tokens, choices, length)  # only the first `count` become committed
         active = ~done
-        accepted = accepted + jnp.where(active, jnp.minimum(num_accepted, count), 0).sum()
-        row_rounds = row_rounds + active.sum()
+        accepted = accepted + jnp.where(active, jnp.minimum(num_accepted, count), 0)
+        row_rounds = row_rounds + active
         length = length + count
         done = done | is_end.any(axis=1) | (length >= end)
         return tokens, length, t_cache, s_cache, done, row_rounds, accepted
 
     length = jnp.full((batch,), prompt_length, jnp.int32)
-    carry = (tokens, length, t_cache, s_cache, jnp.zeros((batch,), bool), 0, 0)
+    zeros = jnp.zeros((batch,), jnp.int32)
+    carry = (tokens, length, t_cache, s_cache, jnp.zeros((batch,), bool), zeros, zeros)
     tokens, length, _, _, _, row_rounds, accepted = jax.lax.while_loop(keep_going, one_round, carry)
     positions = jnp.arange(max_new_tokens)[None, :] + prompt_length
     out = jnp.where(positions < length[:, None], tokens[:, prompt_length:end], eos)
-    return out, row_rounds, accepted
+    return constrain_rows((out, row_rounds, accepted), rows)

@@ -1,9 +1,14 @@
-"""`Transcriber`: a loaded model (plus an optional draft model) ready to turn features into text.
+"""`Transcriber`: a loaded model (and optional draft model) placed on a mesh, from audio to text.
 
-It owns what sits around the jitted loops: splitting the NNX models once, padding batches to
-power-of-two buckets (so a handful of programs serve every batch size), the decoder prompt with
-language detection for multilingual models, choosing greedy or speculative decoding, and turning
-tokens into text and timestamped segments.
+It owns what sits around the jitted loops: the mesh (default: this process's devices, the batch
+split over all of them, weights replicated or, with `shard_weights`, split too), placing
+weights and rows on it, padding batches to a few bucket sizes (multiples of the device count)
+and prompts to a few widths, the decoder prompt with language detection for multilingual
+models, choosing greedy or speculative decoding, and turning tokens into text and timestamped
+segments. `transcribe` is the one path from clips to transcripts (`transcripts.py`).
+
+On a mesh that spans several processes (evaluation during multi-host training) every process
+passes the same clips, contributes its share of each batch's rows and gets every transcript.
 """
 
 from __future__ import annotations
@@ -15,58 +20,39 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flax_distil import parallel
+from flax_distil.audio import batch_audio, log_mel
 from flax_distil.errors import FlaxDistilError
+from flax_distil.generation.batching import bucket_rows, pad_prompts, pad_rows
 from flax_distil.generation.greedy import Generated, encode, generated_lengths, greedy_decode
 from flax_distil.generation.rules import LogitRules
 from flax_distil.generation.speculative import speculative_decode
-from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS, SpecialTokens, decoder_prompt
-
-SECONDS_PER_TIMESTAMP = 0.02
-
-
-def bucket_size(batch: int) -> int:
-    """Smallest power of two >= batch: the batch sizes programs are compiled for."""
-    return 1 << max(batch - 1, 0).bit_length()
-
-
-def prompt_width(length: int, max_target_positions: int) -> int:
-    """Slots a prompt of `length` tokens is left-padded to: powers of two from 8, then half the
-    decoder's positions plus 4 (OpenAI's longest prompt: 223 previous tokens, <|startofprev|>
-    and 3 start tokens), so a few programs serve every prompt. Longer prompts stay as they are."""
-    if length <= 4:
-        return length  # the plain start sequences: no padding
-    widths = [8, 16, 32, 64, 128, max_target_positions // 2 + 4]
-    return next((w for w in widths if w >= length), length)
+from flax_distil.generation.transcripts import DecodeOptions, Transcript, transcribe_clips
+from flax_distil.tokenizer import (
+    DEFAULT_MAX_NEW_TOKENS,
+    SECONDS_PER_TIMESTAMP,
+    SpecialTokens,
+    decoder_prompt,
+)
 
 
-def pad_prompts(prompts: list[list[int]], max_target_positions: int):
-    """Left-pads token lists to one width: (prompts [B, P], first real slot per row [B], or None
-    when no row needed padding)."""
-    width = prompt_width(max(len(p) for p in prompts), max_target_positions)
-    starts = np.asarray([width - len(p) for p in prompts], np.int32)
-    padded = np.zeros((len(prompts), width), np.int32)
-    for row, prompt in zip(padded, prompts, strict=True):
-        row[width - len(prompt) :] = prompt
-    return padded, (starts if starts.any() else None)
+def default_dtype():
+    """bfloat16 on accelerators (large-v3's cross-attention cache is 491 MB per row in float32),
+    float32 on CPUs (no bfloat16 matmul units there)."""
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
-def _pad_rows(array, rows: int):
-    array = jnp.asarray(array)
-    if array.shape[0] == rows:
-        return array
-    return jnp.concatenate([array, jnp.repeat(array[-1:], rows - array.shape[0], axis=0)])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _detect_language(graphdef, state, encoder_out, start_token, language_ids):
+@functools.partial(jax.jit, static_argnums=0, static_argnames="rows")
+def _detect_language(graphdef, state, encoder_out, start_token, language_ids, rows=None):
     model = nnx.merge(graphdef, state)
     tokens = jnp.full((encoder_out.shape[0], 1), start_token, jnp.int32)
     logits = model.decode(tokens, encoder_out)[:, 0]
-    return language_ids[jnp.argmax(logits[:, language_ids], axis=-1)]
+    detected = language_ids[jnp.argmax(logits[:, language_ids], axis=-1)]
+    return detected if rows is None else jax.lax.with_sharding_constraint(detected, rows)
 
 
 class Transcriber:
-    """Greedy (or, with an assistant, speculative) Whisper decoding for batches of features."""
+    """Greedy (or, with an assistant, speculative) Whisper decoding on a mesh of devices."""
 
     def __init__(
         self,
@@ -75,16 +61,21 @@ class Transcriber:
         generation: dict | None = None,
         assistant=None,
         draft_vocab: int | None = None,
+        mesh=None,
     ):
         """`draft_vocab`: the assistant scores only token ids below it and the special tokens
-        (cheaper drafts; see `speculative.draft_head`); None scores them all."""
+        (cheaper drafts; see `speculative.draft_head`); None scores them all. `mesh`: a
+        (data, fsdp) mesh (`parallel.make_mesh`); default: this process's devices, weights
+        replicated."""
         if tokenizer is None:
             raise FlaxDistilError("the model has no tokenizer; load it from a full checkpoint")
         self.config = model.config
         self.tokenizer = tokenizer
         self.special = SpecialTokens.of(tokenizer)
         self.generation = generation or {}
-        self.graphdef, self.state = nnx.split(model)
+        self.mesh = mesh if mesh is not None else parallel.local_mesh()
+        self.row_sharding = parallel.batch_sharding(self.mesh)
+        self.graphdef, self.state = self._placed(model)
         self.assistant = None
         if assistant is not None:
             if assistant.config.d_model != model.config.d_model:
@@ -94,33 +85,63 @@ class Transcriber:
                 )
             if assistant.config.vocab_size != model.config.vocab_size:
                 raise FlaxDistilError("assistant and model have different vocabularies")
-            self.assistant = nnx.split(assistant)
+            self.assistant = self._placed(assistant)
         if draft_vocab is not None and draft_vocab < 1:
             raise FlaxDistilError(f"draft_vocab must be at least 1, got {draft_vocab}")
         self.draft_vocab = draft_vocab
+
+    def _placed(self, model):
+        graphdef, state = nnx.split(model)
+        return graphdef, jax.device_put(state, parallel.state_shardings(self.mesh, state))
 
     @classmethod
     def load(
         cls,
         source: str,
         assistant: str | None = None,
-        dtype=jnp.float32,
+        dtype=None,
         draft_vocab: int | None = None,
+        shard_weights: bool = False,
     ) -> Transcriber:
+        """`dtype`: of the weights, the computation and the KV caches (logit rules and argmax
+        stay float32); default `default_dtype()`. `shard_weights`: split the weights over this
+        process's devices instead of copying them to each (models that do not fit a device)."""
         from flax_distil.interop import build_model, load_checkpoint
 
+        dtype = jnp.dtype(dtype or default_dtype())
         checkpoint = load_checkpoint(source)
-        model = build_model(checkpoint, dtype=dtype)
-        draft = build_model(load_checkpoint(assistant), dtype=dtype) if assistant else None
-        return cls(model, checkpoint.tokenizer, checkpoint.generation, draft, draft_vocab)
+        model = build_model(checkpoint, dtype=dtype, param_dtype=dtype)
+        draft = None
+        if assistant:
+            draft = build_model(load_checkpoint(assistant), dtype=dtype, param_dtype=dtype)
+        mesh = parallel.local_mesh(shard_weights)
+        return cls(model, checkpoint.tokenizer, checkpoint.generation, draft, draft_vocab, mesh)
+
+    @property
+    def dtype(self):
+        return jax.tree.leaves(self.state)[0].dtype
 
     def rules(self, timestamps: bool) -> LogitRules:
         return LogitRules.from_generation_config(
             self.generation, self.tokenizer, timestamps=timestamps
         )
 
+    def transcribe(
+        self, clips: list[np.ndarray], options: DecodeOptions, progress: str | None = None
+    ) -> list[Transcript]:
+        """Transcripts of 16 kHz mono clips of any length, in order (see `transcripts.py`);
+        `progress`: a progress bar's title."""
+        return transcribe_clips(self, clips, options, progress)
+
+    def place_rows(self, array: np.ndarray) -> jax.Array:
+        """`array` [rows, ...] (the same on every process) split over the mesh by rows."""
+        return parallel.shard_rows(self.mesh, np.asarray(array))
+
     def encode(self, features) -> jax.Array:
-        return encode(self.graphdef, self.state, jnp.asarray(features))
+        """Encoder output [B, frames / 2, D] of features [B, mels, frames], rows on the mesh."""
+        if not isinstance(features, jax.Array) or features.sharding != self.row_sharding:
+            features = self.place_rows(np.asarray(features))
+        return encode(self.graphdef, self.state, features, rows=self.row_sharding)
 
     def prompts(self, encoder_out, *, language=None, task="transcribe", timestamps=False):
         """Decoder prompts [B, P]; a multilingual model without a language detects it per row."""
@@ -142,13 +163,51 @@ class Transcriber:
                 encoder_out,
                 self.special.start_of_transcript,
                 language_ids,
+                rows=self.row_sharding,
             )
-            prompts[:, 1] = np.asarray(detected)
+            prompts[:, 1] = parallel.gather_rows(detected)
         return prompts
 
-    def generate(
+    def start_tokens(
+        self, audio: np.ndarray, *, language=None, task="transcribe", timestamps=False
+    ):
+        """The decoder's start tokens for one clip; a multilingual model without a language
+        detects it from the clip's first 30 s."""
+        if not (self.config.is_multilingual and language is None):
+            multilingual = self.config.is_multilingual
+            return decoder_prompt(
+                self.tokenizer,
+                multilingual=multilingual,
+                language=language,
+                task=task,
+                timestamps=timestamps,
+            )
+        rows = bucket_rows(1, self.mesh.devices.size)
+        features = log_mel(
+            self.place_rows(pad_rows(batch_audio([audio]), rows)), self.config.num_mel_bins
+        )
+        encoder_out = self.encode(features)
+        return self.prompts(encoder_out, task=task, timestamps=timestamps)[0].tolist()
+
+    def generate(self, features, **decoding) -> Generated:
+        """Tokens for features [B, mels, 3000] (see `decode` for the options)."""
+        batch = len(features)
+        rows = bucket_rows(batch, self.mesh.devices.size)
+        placed = self.place_rows(pad_rows(np.asarray(features), rows))
+        return self.decode(self.encode(placed), batch, **decoding)
+
+    def generate_audio(self, audio: np.ndarray, **decoding) -> Generated:
+        """Tokens for 30 s windows of audio [B, 480000]: the log-mel is computed on the mesh."""
+        batch = len(audio)
+        rows = bucket_rows(batch, self.mesh.devices.size)
+        placed = self.place_rows(pad_rows(audio, rows))
+        features = log_mel(placed, self.config.num_mel_bins)
+        return self.decode(self.encode(features), batch, **decoding)
+
+    def decode(
         self,
-        features,
+        encoder_out: jax.Array,
+        batch: int,
         *,
         language: str | None = None,
         task: str = "transcribe",
@@ -157,13 +216,12 @@ class Transcriber:
         num_draft: int = 0,
         prompts: list[list[int]] | None = None,
     ) -> Generated:
-        """Tokens for features [B, mels, 3000]; speculative when num_draft > 0 and an assistant
-        is loaded. Output is identical either way. `prompts`: each row's own decoder prompt
-        (any lengths; e.g. <|startofprev|> + previous text + start tokens) instead of the
-        start tokens built from language, task and timestamps."""
-        batch = len(features)
-        rows = bucket_size(batch)
-        encoder_out = self.encode(_pad_rows(features, rows))
+        """Tokens of the first `batch` rows of `encoder_out` (padded rows after them);
+        speculative when num_draft > 0 and an assistant is loaded, with identical output.
+        `prompts`: each row's own decoder prompt (any lengths; e.g. <|startofprev|> + previous
+        text + start tokens) instead of the start tokens built from language, task and
+        timestamps."""
+        rows = encoder_out.shape[0]
         prompt_start = None
         if prompts is None:
             prompts = self.prompts(encoder_out, language=language, task=task, timestamps=timestamps)
@@ -171,15 +229,16 @@ class Transcriber:
             padded, prompt_start = pad_prompts(
                 [list(p) for p in prompts], self.config.max_target_positions
             )
-            prompts = np.asarray(_pad_rows(padded, rows))
+            prompts = pad_rows(padded, rows)
             if prompt_start is not None:
-                prompt_start = _pad_rows(prompt_start, rows)
+                prompt_start = self.place_rows(pad_rows(prompt_start, rows))
         limit = self.max_new_tokens_limit(prompts.shape[1], num_draft)
         if not 0 < max_new_tokens <= limit:
             raise FlaxDistilError(f"max_new_tokens must be between 1 and {limit}")
         rules = self.rules(timestamps)
-        verifications = accepted = 0
-        decoding = dict(rules=rules, max_new_tokens=max_new_tokens)
+        decoding = dict(rules=rules, max_new_tokens=max_new_tokens, rows=self.row_sharding)
+        prompts = self.place_rows(prompts)
+        verifications = accepted = None
         if num_draft and self.assistant is not None:
             tokens, verifications, accepted = speculative_decode(
                 self.graphdef,
@@ -192,16 +251,18 @@ class Transcriber:
                 draft_vocab=self.draft_vocab,
                 **decoding,
             )
+            verifications = parallel.gather_rows(verifications)[:batch]
+            accepted = parallel.gather_rows(accepted)[:batch]
         else:
             tokens = greedy_decode(
                 self.graphdef, self.state, encoder_out, prompts, prompt_start, **decoding
             )
         lengths = generated_lengths(tokens, rules.eos_token_id)
         return Generated(
-            tokens=np.asarray(tokens)[:batch],
-            lengths=np.asarray(lengths)[:batch],
-            verifications=int(verifications),
-            accepted_drafts=int(accepted),
+            tokens=parallel.gather_rows(tokens)[:batch],
+            lengths=parallel.gather_rows(lengths)[:batch],
+            verifications=verifications,
+            accepted_drafts=accepted,
         )
 
     def max_new_tokens_limit(self, prompt_slots: int, num_draft: int = 0) -> int:

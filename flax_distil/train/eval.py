@@ -1,28 +1,25 @@
 """Evaluation during training: teacher-forced losses and greedy-decoding WER on each eval set.
 
 Eval sets are small (`eval.max_examples` each), decoded once at start-up and kept in memory;
-every host holds all of them and contributes its own rows of each global batch. Batches are
-padded to a multiple of the device count with copies whose loss mask is zero, and their
-predictions are dropped.
+every host holds all of them and contributes its own rows of each global batch. Loss batches
+are padded to a multiple of the device count with copies whose loss mask is zero. Transcripts
+come from `Transcriber.transcribe` on the training mesh, with the student's weights where the
+train state holds them (the batch split over every device of every host).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
-from flax import nnx
 
 from flax_distil.audio import N_SAMPLES, batch_audio
 from flax_distil.data import label_arrays
 from flax_distil.data.eval_set import EvalSet, load_eval_set
-from flax_distil.generation.greedy import greedy_decode
-from flax_distil.generation.rules import LogitRules
+from flax_distil.generation import DecodeOptions, Transcriber
 from flax_distil.metrics import word_error_rate
-from flax_distil.parallel import allgather, global_batch
+from flax_distil.parallel import global_batch
 from flax_distil.train.run import Run, example_limits
-from flax_distil.train.step import DistillModels, features_of, jit_eval_step, student_frozen_parts
+from flax_distil.train.step import jit_eval_step
 
 
 def _host_rows(batch: dict) -> dict:
@@ -56,53 +53,27 @@ def eval_batches(eval_set: EvalSet, tokenizer, prompt, batch_size, max_label_len
         yield batch, real
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _encode(student_def, trainable, frozen, num_mel_bins, batch):
-    student = nnx.merge(student_def, trainable, *student_frozen_parts(frozen))
-    return student.encode(features_of(batch, num_mel_bins))
-
-
 def evaluate_sets(
-    eval_sets,
-    models: DistillModels,
-    trainable,
-    eval_step,
+    eval_sets: list[EvalSet],
+    transcriber: Transcriber,
+    losses,
     *,
-    mesh,
-    tokenizer,
-    prompt,
-    rules,
-    batch_size,
-    max_label_length,
-    max_new_tokens,
-    num_mel_bins,
+    decoding: DecodeOptions,
+    prompt: list[int],
+    max_label_length: int,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, str]]]]:
-    """({set: {loss, ce, kl, wer}}, {set: [(reference, prediction), ...]})."""
-    state = nnx.merge_state(trainable, *student_frozen_parts(models.frozen))
+    """({set: {loss, ce, kl, wer}}, {set: [(reference, prediction), ...]}): teacher-forced
+    losses from `losses` (the jitted eval step on a global batch) and greedy transcripts."""
+    mesh, tokenizer = transcriber.mesh, transcriber.tokenizer
     results, samples = {}, {}
     for eval_set in eval_sets:
         sums = {"objective": 0.0, "ce": 0.0, "kl": 0.0, "tokens": 0.0}
-        predictions = []
-        for batch, real in eval_batches(
-            eval_set, tokenizer, prompt, batch_size, max_label_length, mesh.devices.size
+        for batch, _ in eval_batches(
+            eval_set, tokenizer, prompt, decoding.batch_size, max_label_length, mesh.devices.size
         ):
-            arrays = global_batch(mesh, _host_rows(batch))
-            for name, value in eval_step(trainable, models.frozen, arrays).items():
+            for name, value in losses(global_batch(mesh, _host_rows(batch))).items():
                 sums[name] += float(value)
-            encoder_out = _encode(
-                models.student_def, trainable, models.frozen, num_mel_bins, arrays
-            )
-            prompts = np.tile(np.asarray(prompt, np.int32), (len(batch["labels"]), 1))
-            tokens = greedy_decode(
-                models.student_def,
-                state,
-                encoder_out,
-                prompts,
-                rules=rules,
-                max_new_tokens=max_new_tokens,
-            )
-            for row in allgather(tokens, tiled=True)[:real]:
-                predictions.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
+        predictions = [t.text for t in transcriber.transcribe(eval_set.audio, decoding)]
         references = eval_set.references
         tokens = max(sums["tokens"], 1.0)
         results[eval_set.name] = {
@@ -113,12 +84,6 @@ def evaluate_sets(
         }
         samples[eval_set.name] = list(zip(references, predictions, strict=True))
     return results, samples
-
-
-def eval_rules(run: Run) -> LogitRules:
-    return LogitRules.from_generation_config(
-        run.student_checkpoint.generation, run.student_checkpoint.tokenizer
-    )
 
 
 def make_eval(run: Run):
@@ -133,22 +98,25 @@ def make_eval(run: Run):
     eval_step = jit_eval_step(
         run.models, run.settings, run.mesh, ("decoder_input_ids", "labels", "loss_mask", "audio")
     )
-    rules = eval_rules(run)
+    checkpoint = run.student_checkpoint
+    decoding = DecodeOptions(
+        batch_size=config.eval.batch_size,
+        max_new_tokens=config.eval.max_new_tokens,
+        language=config.data.language if checkpoint.config.is_multilingual else None,
+    )
 
     def evaluate(trainable):
+        student = run.models.student(trainable)
+        transcriber = Transcriber(
+            student, checkpoint.tokenizer, checkpoint.generation, mesh=run.mesh
+        )
         return evaluate_sets(
             eval_sets,
-            run.models,
-            trainable,
-            eval_step,
-            mesh=run.mesh,
-            tokenizer=run.student_checkpoint.tokenizer,
+            transcriber,
+            lambda batch: eval_step(trainable, run.models.frozen, batch),
+            decoding=decoding,
             prompt=run.prompt,
-            rules=rules,
-            batch_size=config.eval.batch_size,
             max_label_length=config.data.max_label_length,
-            max_new_tokens=config.eval.max_new_tokens,
-            num_mel_bins=run.settings.num_mel_bins,
         )
 
     return evaluate

@@ -119,6 +119,7 @@ def build_run(config: Config, workdir: Path, devices=None) -> Run:
         teacher,
         freeze_encoder=model.freeze_encoder,
         freeze_token_embeddings=model.freeze_token_embeddings,
+        frozen_dtype=dtype,
     )
     settings = step_settings(config, student.config.num_mel_bins)
     prompt = decoder_prompt(

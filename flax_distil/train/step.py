@@ -66,7 +66,10 @@ class DistillModels:
         *,
         freeze_encoder: bool = True,
         freeze_token_embeddings: bool = False,
+        frozen_dtype=None,
     ) -> DistillModels:
+        """`frozen_dtype` (e.g. bfloat16 compute): the frozen parts are stored once in it, not
+        kept in float32 and cast every step; trainable parameters keep their dtype."""
         s, t = student.config, teacher.config
         if (s.d_model, s.vocab_size) != (t.d_model, t.vocab_size):
             raise FlaxDistilError(
@@ -93,6 +96,8 @@ class DistillModels:
         if not shares_encoder(student, teacher, freeze_encoder):
             frozen["teacher_encoder"] = teacher_encoder
         encoder_def = nnx.graphdef(student.encoder)
+        if frozen_dtype is not None:
+            frozen = jax.tree.map(lambda x: x.astype(frozen_dtype), frozen)
         return cls(student_def, teacher_def, trainable, frozen, encoder_def)
 
     @property
