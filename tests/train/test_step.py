@@ -105,6 +105,17 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_teacher, corpus, tmp_pa
         assert_relative(a, b)
 
 
+def first_step_loss(teacher, corpus, workdir, **extra) -> float:
+    """The first step's loss in a run built from scratch: its own models, state and step."""
+    config = load_config(None, settings(teacher, corpus, **extra))
+    run = build_run(config, workdir)
+    optimizer, schedule = make_optimizer(config.train)
+    state, _ = sharded_state(run, optimizer)
+    batch = fixed_batch(run)
+    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
+    return float(step(state, run.models.frozen, batch)[1]["loss"])
+
+
 def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
     from flax_distil.train.step import jit_eval_step
 
@@ -124,6 +135,13 @@ def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
         fresh["rng"] = jax.random.PRNGKey(seed)
         return float(step(fresh, run.models.frozen, batch)[1]["loss"])
 
-    assert first_loss(0) == first_loss(0)  # the same seed drops the same units
+    # A run built again from scratch (its own models, state and compiled step) with the same
+    # train.seed drops the same units, and train.seed is the seed the step uses.
+    dropout = {"model.dropout": 0.3}
+    assert first_step_loss(tiny_teacher, corpus, tmp_path / "again", **dropout) == first_loss(0)
+    seed_one = {**dropout, "train.seed": 1}
+    assert first_step_loss(tiny_teacher, corpus, tmp_path / "seed1", **seed_one) == first_loss(1)
     assert first_loss(0) != first_loss(1)
     assert no_dropout not in (first_loss(0), first_loss(1))  # eval runs without dropout
+    # ... and equals the first step's loss of a run without dropout
+    assert first_step_loss(tiny_teacher, corpus, tmp_path / "off") == pytest.approx(no_dropout)
