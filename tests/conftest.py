@@ -56,6 +56,14 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a script run by path: it imports this checkout's flax_distil (an
+    editable install may point at another checkout, and a script's folder, not the current
+    directory, starts its sys.path)."""
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for a `jax.distributed` coordinator)."""
     with socket.socket() as sock:

@@ -20,6 +20,7 @@ from flax_distil.errors import FlaxDistilError
 from flax_distil.train import export_from_workdir, load_config, train
 from flax_distil.train.metric_writer import read_metrics
 
+from ..conftest import checkout_env
 from .conftest import assert_relative, settings
 
 WORKER = Path(__file__).parent / "train_worker.py"
@@ -29,7 +30,9 @@ def worker(devices, workdir, overrides, process=None, wait=True):
     command = [sys.executable, str(WORKER), str(devices), str(workdir), *overrides]
     if process is not None:
         command += ["--process", *map(str, process)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=checkout_env()
+    )
     if not wait:
         return proc
     output, _ = proc.communicate(timeout=600)
