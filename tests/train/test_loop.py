@@ -4,7 +4,6 @@ Runs with several devices or processes train in subprocesses (tests/train/train_
 the CLI for kill/restart), since the CPU device count is fixed when jax starts.
 """
 
-import os
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from flax_distil.errors import FlaxDistilError
 from flax_distil.train import export_from_workdir, load_config, train
 from flax_distil.train.metric_writer import read_metrics
 
-from ..conftest import checkout_env
+from ..conftest import checkout_env, free_port
 from .conftest import assert_relative, settings
 
 WORKER = Path(__file__).parent / "train_worker.py"
@@ -67,7 +66,7 @@ def test_eight_devices_and_fsdp_match_one_device(tiny_teacher, corpus, tmp_path)
 def test_two_processes_match_one_process_with_two_devices(tiny_teacher, corpus, tmp_path):
     overrides = settings(tiny_teacher, corpus, **{"data.label_bucket": 1})  # hosts agree
     worker(2, tmp_path / "single", overrides)
-    port = random.Random(os.getpid()).randrange(20000, 40000)
+    port = free_port()
     procs = [
         worker(1, tmp_path / "multi", overrides, process=(index, 2, port), wait=False)
         for index in range(2)
