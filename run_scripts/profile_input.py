@@ -12,7 +12,7 @@ whole iteration (the step time), and reports both after the warm-up steps (compi
 A wait near zero means the prefetch thread always had the next batch ready. `--trace DIR`
 also writes a `jax.profiler` trace of the measured steps (open it with xprof / TensorBoard).
 `--tiny-teacher` swaps in a random d_model-64 Whisper with tiny.en's tokenizer (as in
-tests/test_train.py): a step ~100x cheaper, so a harder test of the input pipeline.
+tests/train/conftest.py): a step ~100x cheaper, so a harder test of the input pipeline.
 """
 
 import argparse

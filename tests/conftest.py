@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,27 @@ TINY_SHAPED_CONFIG = WhisperConfig(
     decoder_attention_heads=6,
     decoder_ffn_dim=1536,
 )
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m flax_distil ARGS` in a subprocess, its output captured as text."""
+    command = [sys.executable, "-m", "flax_distil", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a script run by path: it imports this checkout's flax_distil (an
+    editable install may point at another checkout, and a script's folder, not the current
+    directory, starts its sys.path)."""
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a `jax.distributed` coordinator)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def audio_files() -> list[Path]:

@@ -1,8 +1,5 @@
 """The `flax-distil convert` command and model-source resolution."""
 
-import subprocess
-import sys
-
 import ml_dtypes
 import numpy as np
 import pytest
@@ -11,16 +8,8 @@ from safetensors.numpy import load_file
 from flax_distil.errors import FlaxDistilError
 from flax_distil.interop import load_checkpoint, sources
 
+from .conftest import run_cli
 from .test_real_weights import ctranslate2_model_dir
-
-
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "flax_distil", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_convert_bundled_tiny_en_to_bfloat16(tmp_path):

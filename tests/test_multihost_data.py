@@ -1,7 +1,5 @@
 """Two real `jax.distributed` processes assemble the same global batches as one process."""
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +9,15 @@ import numpy as np
 from flax_distil.data import Batches, BatchSpec, ExampleStream, Source, SourceSpec
 from flax_distil.interop import load_checkpoint
 
+from .conftest import checkout_env, free_port
+
 WORKER = Path(__file__).parent / "multihost_batches.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_build_the_single_process_global_batch(corpus, tmp_path):
     folder, _ = corpus
-    port, out = _free_port(), tmp_path / "global.npz"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    port, out = free_port(), tmp_path / "global.npz"
+    env = checkout_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
     workers = [
         subprocess.Popen(
             [sys.executable, str(WORKER), str(i), "2", str(port), str(folder), "2", str(out)],

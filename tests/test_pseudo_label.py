@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,13 @@ from flax_distil.cli import main
 from flax_distil.data import ExampleStream, Source, SourceSpec
 from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
 
-from .conftest import audio_files, reference_transcripts, small_whisper, torch_generate
+from .conftest import (
+    audio_files,
+    free_port,
+    reference_transcripts,
+    small_whisper,
+    torch_generate,
+)
 
 NUM_UTTERANCES, SHARD_SIZE, BATCH_SIZE, MAX_NEW_TOKENS = 200, 20, 8, 4
 NUM_SHARDS = NUM_UTTERANCES // SHARD_SIZE
@@ -172,16 +177,10 @@ def test_sigkill_and_restart_gives_the_uninterrupted_rows_once(
     assert summary["examples_this_run"] == NUM_UTTERANCES - SHARD_SIZE * len(finished)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_jax_processes_write_the_single_process_rows(
     small_model, noise_corpus, uninterrupted, tmp_path
 ):
-    output, port = tmp_path / "labels", _free_port()
+    output, port = tmp_path / "labels", free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     workers = [
         subprocess.Popen(

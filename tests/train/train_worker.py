@@ -1,4 +1,4 @@
-"""One training run for the trainer's equivalence tests (tests/test_train.py), not a test itself.
+"""One training run for the trainer's equivalence tests (tests/train/test_loop.py); not a test.
 
     python train_worker.py DEVICES WORKDIR [key=value ...] [--process ID NUM PORT]
 
