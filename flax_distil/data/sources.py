@@ -55,7 +55,9 @@ class SourceSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise FlaxDistilError(f"unknown source kind {self.kind!r}; use one of {KINDS}")
+            raise FlaxDistilError(
+                f"unknown source kind {self.kind!r}; use one of {', '.join(KINDS)}"
+            )
         if self.streaming and self.kind not in STREAMING_KINDS:
             raise FlaxDistilError(
                 f"source {self.path}: streaming applies to {' and '.join(STREAMING_KINDS)} "

@@ -253,29 +253,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def from_dict(values: dict) -> Config:
     """The validated config of {section: {key: value}} (as read from YAML)."""
-    sections = {}
-    for name, cls in SECTIONS.items():
-        sections[name] = _dataclass(name, cls, values.get(name, {}))
-    data = sections["data"]
-    sections["data"] = dataclasses.replace(
-        data, train=_named(data.train), eval=_named(data.eval, unique="data.eval")
-    )
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        known = ", ".join(SECTIONS)
+        raise FlaxDistilError(f"unknown section {unknown[0]!r}; sections are {known}")
+    values = {**values, "data": dict(values.get("data", {}))}
+    for key in ("train", "eval"):
+        if isinstance(values["data"].get(key), list | tuple):
+            values["data"][key] = [_named(entry) for entry in values["data"][key]]
+    sections = {name: _dataclass(name, cls, values.get(name, {})) for name, cls in SECTIONS.items()}
+    names = [spec.name for spec in sections["data"].eval]
+    twins = sorted({name for name in names if names.count(name) > 1})
+    if twins:
+        raise FlaxDistilError(f"data.eval: two sources named {twins[0]!r}; give each a name")
     config = Config(**sections)
     validate(config)
     return config
 
 
-def _named(specs: tuple[SourceSpec, ...], unique: str | None = None) -> tuple[SourceSpec, ...]:
-    """Sources with a name (default: the last part of their path), unique where logs need it."""
-    named = tuple(
-        spec if spec.name else dataclasses.replace(spec, name=Path(spec.path).name or spec.path)
-        for spec in specs
-    )
-    names = [spec.name for spec in named]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if unique and duplicates:
-        raise FlaxDistilError(f"{unique}: two sources named {duplicates[0]!r}; give each a name")
-    return named
+def _named(entry):
+    """A source entry with a name: by default the last part of its path (logs use it)."""
+    if isinstance(entry, dict) and not entry.get("name") and entry.get("path"):
+        return {**entry, "name": Path(str(entry["path"])).name or str(entry["path"])}
+    return entry
 
 
 def _require(condition: bool, message: str) -> None:

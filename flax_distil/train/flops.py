@@ -49,13 +49,17 @@ def train_step_flops(
     length: int,
     kl: bool = True,
     encoder: bool = True,
+    train_encoder: bool = False,
+    teacher_encoder: bool = False,
 ) -> float:
-    """FLOPs of one distillation step: frozen encoder forward (unless its outputs are cached),
-    teacher decoder forward (for the KL term) and the student decoder's forward and backward
-    (2x forward)."""
-    per_example = encoder * encoder_flops(student) + 3 * decoder_flops(student, length)
+    """FLOPs of one distillation step: the student's encoder forward (unless its outputs are
+    cached), and its backward too (2x forward) when it is trained; the student decoder's forward
+    and backward; for the KL term the teacher decoder's forward, and the teacher's own encoder
+    when it is not the student's."""
+    per_example = (1 + 2 * train_encoder) * encoder * encoder_flops(student)
+    per_example += 3 * decoder_flops(student, length)
     if kl:
-        per_example += decoder_flops(teacher, length)
+        per_example += decoder_flops(teacher, length) + teacher_encoder * encoder_flops(teacher)
     return batch * per_example
 
 

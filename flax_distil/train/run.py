@@ -244,4 +244,6 @@ def step_flops(run: Run, label_length: int | None = None) -> float:
         label_length or run.config.data.max_label_length,
         kl=run.settings.kl_weight > 0,
         encoder=not run.config.data.cache_encoder_outputs,
+        train_encoder=not run.config.model.freeze_encoder,
+        teacher_encoder="teacher_encoder" in run.models.frozen,
     )

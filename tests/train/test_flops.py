@@ -98,3 +98,8 @@ def test_train_step_composition():
     assert step(kl=False) == batch * (encoder + 3 * student)  # no teacher without KL
     assert step(encoder=False) == batch * (3 * student + teacher)  # encoder outputs cached
     assert step(kl=False, encoder=False) == batch * 3 * student
+    # a trained encoder adds its backward (2x forward); a teacher with its own encoder runs it
+    assert step(train_encoder=True) == batch * (3 * encoder + 3 * student + teacher)
+    teacher_encoder = 2 * encoder_multiply_adds()  # the same encoder shapes here
+    assert step(teacher_encoder=True) == batch * (encoder + 3 * student + teacher + teacher_encoder)
+    assert step(kl=False, teacher_encoder=True) == batch * (encoder + 3 * student)
