@@ -145,3 +145,18 @@ def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
     assert no_dropout not in (first_loss(0), first_loss(1))  # eval runs without dropout
     # ... and equals the first step's loss of a run without dropout
     assert first_step_loss(tiny_teacher, corpus, tmp_path / "off") == pytest.approx(no_dropout)
+
+
+def test_bfloat16_steps_store_frozen_weights_once_in_bfloat16(tiny_teacher, corpus, tmp_path):
+    overrides = {"model.compute_dtype": "bfloat16", "model.freeze_token_embeddings": True}
+    config = load_config(None, settings(tiny_teacher, corpus, **overrides))
+    run = build_run(config, tmp_path)
+    optimizer, schedule = make_optimizer(config.train)
+    state, _ = sharded_state(run, optimizer)
+    assert set(run.models.frozen) == {"encoder", "student_embedding", "teacher"}
+    frozen = jax.tree.leaves(run.models.frozen)
+    assert {leaf.dtype for leaf in frozen} == {jnp.dtype(jnp.bfloat16)}  # no float32 copy
+    master = jax.tree.leaves(state["params"]) + jax.tree.leaves(state["opt_state"])
+    assert {leaf.dtype for leaf in master if leaf.ndim} == {jnp.dtype(jnp.float32)}
+    state, losses, _ = steps_on_one_batch(run, optimizer, schedule, state, 3)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
