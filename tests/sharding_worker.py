@@ -71,9 +71,10 @@ def main(teacher_dir: str, corpus_dir: str, out_path: str) -> None:
     args = (eight.graphdef, eight.state, encoder_out, prompts, None)
     tokens = greedy_decode(*args, **decoding)
     spec_args = (eight.graphdef, eight.state, *eight.assistant, encoder_out, prompts, None)
+    arrays = {"features": features, "encoder_out": encoder_out, "tokens": tokens}
     result["shardings"] = {
         name: {"spec": str(array.sharding.spec), "shards": len(array.sharding.device_set)}
-        for name, array in (("features", features), ("encoder_out", encoder_out), ("tokens", tokens))
+        for name, array in arrays.items()
     }
     result["collectives"] = {
         "log_mel": collectives(log_mel.lower(placed, 80).compile()),
@@ -94,7 +95,12 @@ def main(teacher_dir: str, corpus_dir: str, out_path: str) -> None:
             out = encode(t.graphdef, state, features, rows=t.row_sharding)
             prompts = np.tile(np.asarray(t.prompts(encoder_out[:1])[0]), (64, 1))
             return greedy_decode(
-                t.graphdef, state, out, prompts, rules=t.rules(False), max_new_tokens=16,
+                t.graphdef,
+                state,
+                out,
+                prompts,
+                rules=t.rules(False),
+                max_new_tokens=16,
                 rows=t.row_sharding,
             )
 
@@ -106,7 +112,6 @@ def main(teacher_dir: str, corpus_dir: str, out_path: str) -> None:
     # The same transcripts, pseudo-labels and evaluation on 8 devices as on 1.
     corpus = Path(corpus_dir)
     clips = load_eval_set(SourceSpec("audiofolder", str(corpus))).audio
-    options = DecodeOptions(batch_size=8, max_new_tokens=12)
     result["transcripts"] = {}
     for name, num_draft in (("greedy", 0), ("speculative", 3)):
         chosen = DecodeOptions(batch_size=8, max_new_tokens=12, num_draft=num_draft)
@@ -128,7 +133,6 @@ def main(teacher_dir: str, corpus_dir: str, out_path: str) -> None:
     result["evaluate"] = [
         evaluate(t, load_eval_set(spec), evaluation)["wer"] for t in (eight, single)
     ]
-    del options
 
     # Evaluation during training on 8 devices and on 1, and the train step's collectives.
     overrides = [
