@@ -113,6 +113,7 @@ def main() -> int:
     from flax_distil.train import flops, load_config
     from flax_distil.train import run as runs
     from flax_distil.train.optimizer import make_optimizer
+    from flax_distil.train.plan import describe_run
     from flax_distil.train.step import DistillModels, jit_train_step
 
     config = load_config(args.config, args.overrides)
@@ -150,7 +151,7 @@ def main() -> int:
     step = jit_train_step(models, settings, optimizer, schedule, mesh, state, shapes)
     compiled = step.lower(state, models.frozen, shapes).compile()
     print(f"compiled in {time.perf_counter() - started:.0f} s")
-    print(runs.describe(run, state, compiled))
+    print(describe_run(run, state, compiled))
 
     rng = np.random.default_rng(0)
     batch_size, length = config.train.batch_size, config.data.max_label_length

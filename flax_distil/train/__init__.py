@@ -6,9 +6,10 @@
 Modules, in the order a run uses them: `config` (typed YAML config), `run` (models, mesh, data,
 sharded state), `step` with `losses` and `optimizer` (the jitted update), `encoder_cache`,
 `eval` (evaluation during training), `checkpoints`, `metric_writer`, `flops` (MFU), `loop`
-(`train`: resume, log, eval, checkpoint, preemption) and `export` (the student as a Hugging Face
-directory). Importing the package loads only the config; the rest loads on first use, so a bad
-config fails before jax starts.
+(`train`: resume, log, eval, checkpoint, preemption), `export` (the student as a Hugging Face
+directory), and `plan` with `devices` (per-device memory and throughput before a run).
+Importing the package loads only the config; the rest loads on first use, so a bad config
+fails before any model loads or any device is touched.
 """
 
 import importlib

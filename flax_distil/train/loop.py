@@ -16,6 +16,7 @@ with `skip` it is counted and training goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -36,12 +37,12 @@ from flax_distil.train.eval import make_eval
 from flax_distil.train.export import export_student
 from flax_distil.train.metric_writer import MetricWriter, flatten
 from flax_distil.train.optimizer import make_optimizer
+from flax_distil.train.plan import ProgramMemory, describe_run
 from flax_distil.train.run import (
     STEP_INPUTS,
     Run,
     batch_shapes,
     build_run,
-    describe,
     peak_flops,
     prepare_workdir,
     sharded_state,
@@ -239,9 +240,9 @@ def train(config: Config, workdir: str | Path, *, dry_run: bool = False, devices
     )
     if dry_run:
         compiled = step_fn.lower(state, run.models.frozen, batch_shapes(run)).compile()
-        report = describe(run, state, compiled)
+        report = describe_run(run, state, compiled)
         print(report)
-        return {"report": report}
+        return {"report": report, "memory": dataclasses.asdict(ProgramMemory.of(compiled))}
     loop = Loop(run, step_fn, schedule, state, state_shardings)
     try:
         return loop.run()

@@ -29,9 +29,7 @@ from flax_distil.train.step import (
     DistillModels,
     StepSettings,
     init_train_state,
-    optimizer_state_bytes,
 )
-from flax_distil.whisper import count_parameters
 
 STEP_INPUTS = ("decoder_input_ids", "labels", "loss_mask", "audio", "features")
 # Keys that must not change between a run and its resumption.
@@ -107,30 +105,38 @@ def build_run(config: Config, workdir: Path, devices=None) -> Run:
         )
         student_checkpoint = make_student(teacher_checkpoint, decoder_layer_ids=layers)
     dtype = jnp.dtype(model.compute_dtype)
-    teacher = build_model(teacher_checkpoint, dtype=dtype)
-    student = build_model(
-        student_checkpoint,
-        dtype=dtype,
-        remat_encoder=model.remat_encoder,
-        remat_decoder=model.remat_decoder,
-    )
-    models = DistillModels.build(
-        student,
-        teacher,
-        freeze_encoder=model.freeze_encoder,
-        freeze_token_embeddings=model.freeze_token_embeddings,
-        frozen_dtype=dtype,
-    )
-    settings = step_settings(config, student.config.num_mel_bins)
+    # The teacher is all frozen: its weights load in the compute dtype; the student keeps float32
+    # master weights (its frozen parts are cast once, in `DistillModels.build`).
+    teacher = build_model(teacher_checkpoint, dtype=dtype, param_dtype=dtype)
+    student = build_model(student_checkpoint, dtype=dtype, **remat_settings(config))
     prompt = decoder_prompt(
         student_checkpoint.tokenizer,
         multilingual=student.config.is_multilingual,
         language=config.data.language,
     )
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-    return Run(
-        config, workdir, teacher_checkpoint, student_checkpoint, models, mesh, settings, prompt
+    checkpoints = (teacher_checkpoint, student_checkpoint)
+    return assemble_run(config, workdir, checkpoints, (teacher, student), prompt, devices)
+
+
+def remat_settings(config: Config) -> dict:
+    return dict(remat_encoder=config.model.remat_encoder, remat_decoder=config.model.remat_decoder)
+
+
+def assemble_run(config, workdir, checkpoints, models, prompt, devices=None, shared_encoder=None):
+    """A `Run` from loaded (or abstract, for planning) (teacher, student) checkpoints and models;
+    `shared_encoder` as `DistillModels.build` takes it."""
+    teacher, student = models
+    distill = DistillModels.build(
+        student,
+        teacher,
+        freeze_encoder=config.model.freeze_encoder,
+        freeze_token_embeddings=config.model.freeze_token_embeddings,
+        frozen_dtype=jnp.dtype(config.model.compute_dtype),
+        shared_encoder=shared_encoder,
     )
+    settings = step_settings(config, student.config.num_mel_bins)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    return Run(config, workdir, *checkpoints, distill, mesh, settings, prompt)
 
 
 # Data ---------------------------------------------------------------------------------------------
@@ -167,9 +173,11 @@ def train_batches(run: Run) -> Batches:
     return Batches(stream, run.student_checkpoint.tokenizer, run.prompt, spec, data.prefetch)
 
 
-def batch_shapes(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes of the step's inputs, for compiling without data (`--dry-run`)."""
-    batch, length = run.config.train.batch_size, run.config.data.max_label_length
+def batch_shapes(run: Run, batch: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes of the step's inputs (at the config's batch size, or `batch`), for compiling
+    without data (`--dry-run`, `plan`)."""
+    batch = batch or run.config.train.batch_size
+    length = run.config.data.max_label_length
     spec = parallel.batch_sharding(run.mesh)
     shapes = {
         "decoder_input_ids": ((batch, length), jnp.int32),
@@ -180,7 +188,7 @@ def batch_shapes(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
         student = run.student_checkpoint.config
         shapes["encoder_out"] = (
             (batch, student.max_source_positions, student.d_model),
-            jnp.float32,
+            jnp.dtype(run.config.model.compute_dtype),
         )
     elif run.config.data.features_on == "device":
         shapes["audio"] = ((batch, 480000), jnp.float32)
@@ -200,33 +208,6 @@ def sharded_state(run: Run, optimizer):
         run.models.frozen, parallel.state_shardings(run.mesh, run.models.frozen)
     )
     return state, state_shardings
-
-
-def describe(run: Run, state, compiled) -> str:
-    """Parameter counts and the compiled step's per-device memory."""
-    frozen = run.models.frozen
-    lines = [
-        f"devices: {run.mesh.devices.size} ({dict(run.mesh.shape)}), processes: "
-        f"{jax.process_count()}",
-        f"student trainable parameters: {count_parameters(state['params']):,}",
-        f"student frozen encoder parameters: {count_parameters(frozen.get('encoder', {})):,}",
-        "student frozen token embedding: "
-        f"{count_parameters(frozen.get('student_embedding', {})):,}",
-        f"teacher decoder parameters: {count_parameters(frozen['teacher']):,}",
-        f"optimiser state: {optimizer_state_bytes(state['opt_state']) / 2**20:.1f} MiB",
-    ]
-    memory = compiled.memory_analysis()
-    if memory is not None:
-        parts = {
-            "arguments": memory.argument_size_in_bytes,
-            "outputs": memory.output_size_in_bytes,
-            "temporaries": memory.temp_size_in_bytes,
-            "aliased (donated)": -memory.alias_size_in_bytes,
-        }
-        total = sum(parts.values())
-        detail = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in parts.items())
-        lines.append(f"per-device memory of the step: {total / 2**30:.2f} GiB ({detail})")
-    return "\n".join(lines)
 
 
 def peak_flops(run: Run) -> float:

@@ -67,9 +67,12 @@ class DistillModels:
         freeze_encoder: bool = True,
         freeze_token_embeddings: bool = False,
         frozen_dtype=None,
+        shared_encoder: bool | None = None,
     ) -> DistillModels:
         """`frozen_dtype` (e.g. bfloat16 compute): the frozen parts are stored once in it, not
-        kept in float32 and cast every step; trainable parameters keep their dtype."""
+        kept in float32 and cast every step; trainable parameters keep their dtype.
+        `shared_encoder`: whether the student's frozen encoder is the teacher's (None: compare
+        their weights). The models may be abstract (`nnx.eval_shape`) for planning."""
         s, t = student.config, teacher.config
         if (s.d_model, s.vocab_size) != (t.d_model, t.vocab_size):
             raise FlaxDistilError(
@@ -93,11 +96,13 @@ class DistillModels:
             frozen["student_embedding"] = frozen_embedding
         teacher_def, teacher_decoder, teacher_encoder = nnx.split(teacher, decoder, ...)
         frozen["teacher"] = teacher_decoder
-        if not shares_encoder(student, teacher, freeze_encoder):
+        if shared_encoder is None:
+            shared_encoder = shares_encoder(student, teacher, freeze_encoder)
+        if not shared_encoder:
             frozen["teacher_encoder"] = teacher_encoder
         encoder_def = nnx.graphdef(student.encoder)
         if frozen_dtype is not None:
-            frozen = jax.tree.map(lambda x: x.astype(frozen_dtype), frozen)
+            frozen = jax.tree.map(lambda x: _as_dtype(x, frozen_dtype), frozen)
         return cls(student_def, teacher_def, trainable, frozen, encoder_def)
 
     @property
@@ -109,6 +114,12 @@ class DistillModels:
         return _student(self.student_def, trainable, self.frozen)
 
 
+def _as_dtype(leaf, dtype):
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape, dtype)
+    return leaf.astype(dtype)
+
+
 def shares_encoder(student, teacher, freeze_encoder: bool) -> bool:
     """The student's frozen encoder is the teacher's (same shapes, same weights)."""
     if not freeze_encoder or student.config.encoder_layers != teacher.config.encoder_layers:
@@ -118,7 +129,8 @@ def shares_encoder(student, teacher, freeze_encoder: bool) -> bool:
         jax.tree.leaves(nnx.state(teacher.encoder)),
         strict=True,
     )
-    return all(a.shape == b.shape and bool(jnp.array_equal(a, b)) for a, b in pairs)
+    # Compared in the teacher's dtype (a bfloat16 teacher shares a float32 student's encoder).
+    return all(a.shape == b.shape and bool(jnp.array_equal(a.astype(b.dtype), b)) for a, b in pairs)
 
 
 def student_frozen_parts(frozen: dict) -> list:

@@ -1,5 +1,6 @@
 """`WhisperConfig`: the architecture of a Whisper model, read from and written to Hugging Face's
-`config.json` fields."""
+`config.json` fields, or named by size (`WhisperConfig.named("large-v3")`) to plan without
+weights."""
 
 from __future__ import annotations
 
@@ -77,3 +78,50 @@ class WhisperConfig:
             "num_hidden_layers": self.encoder_layers,
             "tie_word_embeddings": True,
         }
+
+    @classmethod
+    def named(cls, size: str) -> WhisperConfig:
+        """The architecture of an OpenAI release by size name: tiny, base, small, medium (each
+        also .en), large-v2, large-v3, large-v3-turbo."""
+        english = size.endswith(".en")
+        shape = _SIZES.get(size.removesuffix(".en"))
+        if shape is None or (english and size.startswith("large")):
+            known = ", ".join([*_SIZES, *(f"{n}.en" for n in _SIZES if not n.startswith("large"))])
+            raise FlaxDistilError(f"unknown Whisper size {size!r}; use one of {known}")
+        d_model, layers, heads, extra = shape
+        tokens = _ENGLISH_TOKENS if english else _MULTILINGUAL_TOKENS
+        return cls(
+            d_model=d_model,
+            encoder_layers=layers,
+            decoder_layers=extra.get("decoder_layers", layers),
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=4 * d_model,
+            decoder_ffn_dim=4 * d_model,
+            num_mel_bins=extra.get("num_mel_bins", 80),
+            vocab_size=51864 if english else extra.get("vocab_size", 51865),
+            **tokens,
+        )
+
+
+# size: (d_model, layers, heads, differences), as the released config.json files have them
+_SIZES = {
+    "tiny": (384, 4, 6, {}),
+    "base": (512, 6, 8, {}),
+    "small": (768, 12, 12, {}),
+    "medium": (1024, 24, 16, {}),
+    "large-v2": (1280, 32, 20, {}),
+    "large-v3": (1280, 32, 20, {"num_mel_bins": 128, "vocab_size": 51866}),
+    "large-v3-turbo": (
+        1280,
+        32,
+        20,
+        {"num_mel_bins": 128, "vocab_size": 51866, "decoder_layers": 4},
+    ),
+}
+_ENGLISH_TOKENS = dict(
+    pad_token_id=50256, bos_token_id=50256, eos_token_id=50256, decoder_start_token_id=50257
+)
+_MULTILINGUAL_TOKENS = dict(
+    pad_token_id=50257, bos_token_id=50257, eos_token_id=50257, decoder_start_token_id=50258
+)

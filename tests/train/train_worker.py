@@ -1,9 +1,11 @@
 """One training run for the trainer's equivalence tests (tests/train/test_loop.py); not a test.
 
     python train_worker.py DEVICES WORKDIR [key=value ...] [--process ID NUM PORT]
+        [--dry-run OUT.json]
 
 Sets the CPU device count before jax starts, joins `jax.distributed` when asked, and trains;
-the test reads the run's metrics.jsonl and exported student.
+the test reads the run's metrics.jsonl and exported student. With --dry-run it compiles the
+step only and writes what `train(dry_run=True)` returns.
 """
 
 import os
@@ -12,7 +14,10 @@ import sys
 
 def main(argv):
     devices, workdir, *rest = argv
-    process = None
+    process = dry_run = None
+    if "--dry-run" in rest:
+        at = rest.index("--dry-run")
+        dry_run, rest = rest[at + 1], rest[:at] + rest[at + 2 :]
     if "--process" in rest:
         at = rest.index("--process")
         process, rest = rest[at + 1 : at + 4], rest[:at]
@@ -28,7 +33,12 @@ def main(argv):
         )
     from flax_distil.train import load_config, train
 
-    train(load_config(None, rest), workdir)
+    result = train(load_config(None, rest), workdir, dry_run=dry_run is not None)
+    if dry_run is not None:
+        import json
+        from pathlib import Path
+
+        Path(dry_run).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
