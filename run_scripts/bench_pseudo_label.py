@@ -1,6 +1,8 @@
-"""Pseudo-labelling throughput: flax-distil `pseudo_label` vs faster-whisper, tiny.en, float32.
+"""Pseudo-labelling throughput: flax-distil `pseudo_label` vs faster-whisper, tiny.en; and
+flax-distil's bfloat16 labels against its float32 ones (WER and speed).
 
     .venv/bin/python run_scripts/bench_pseudo_label.py [--threads 2] [--batch-size 16]
+        [--dtypes float32,bfloat16]
 
 Same machine, same run, same 200 demo utterances (Piper speech, synthesised once into
 --data), each side pinned to the same cores:
@@ -10,7 +12,10 @@ Same machine, same run, same 200 demo utterances (Piper speech, synthesised once
 - faster-whisper float32 (CTranslate2): file by file, read with soundfile (as flax-distil does)
   and `transcribe`d with beam 1, no timestamps, no temperature fallback, no VAD, no
   conditioning on previous text, after one warm-up file.
-Throughput is audio seconds per wall second; the target is >= 2x faster-whisper.
+Throughput is audio seconds per wall second; the target is >= 2x faster-whisper. Each dtype
+in --dtypes is a flax-distil run of its own (weights, computation and KV caches in it; logit
+rules in float32): bfloat16 is what accelerators label with by default, and its WER must stay
+within 0.5 points of float32's (on a CPU without bfloat16 matrix units it is also slower).
 """
 
 import argparse
@@ -49,12 +54,13 @@ def subset(rows, count: int, directory: Path) -> Path:
     return directory
 
 
-def ours(data_dir: Path, rows, batch_size: int, work: Path):
+def ours(data_dir: Path, rows, batch_size: int, work: Path, dtype: str):
     from flax_distil.data import SourceSpec
     from flax_distil.generation import Transcriber
     from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
 
-    transcriber = Transcriber.load("pypi:tiny.en")
+    transcriber = Transcriber.load("pypi:tiny.en", dtype=dtype)
+    work = work / dtype
     options = PseudoLabelOptions(batch_size=batch_size)
     warm_up = SourceSpec("audiofolder", str(subset(rows, 24, work / "warm-up-data")))
     pseudo_label(transcriber, warm_up, work / "warm-up-labels", options)
@@ -105,37 +111,51 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="demo utterances (cache)")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="flax-distil runs")
     args = parser.parse_args()
     pin_threads(args.threads)
 
     from flax_distil.audio import load_audio
-    from flax_distil.metrics import normalize, word_error_rate
+    from flax_distil.metrics import normalize, percent, word_error_rate
 
     rows = demo_data(args.data, 200)
     audio_seconds = sum(len(load_audio(path)) for path, _ in rows) / 16000
-    with tempfile.TemporaryDirectory() as tmp:
-        ours_s, summary, ours_by_file = ours(args.data, rows, args.batch_size, Path(tmp))
-        fw_s, fw_texts = faster_whisper(rows, args.threads, Path(tmp))
     names = [str(path.relative_to(args.data)) for path, _ in rows]
-    ours_texts = [ours_by_file[name] for name in names]
     references = [text for _, text in rows]
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in args.dtypes.split(","):
+            seconds, summary, by_file = ours(args.data, rows, args.batch_size, Path(tmp), dtype)
+            runs[dtype] = (seconds, summary, [by_file[name] for name in names])
+        fw_s, fw_texts = faster_whisper(rows, args.threads, Path(tmp))
 
-    print(
-        f"\npseudo-labelling, tiny.en float32, {len(rows)} demo utterances ({audio_seconds:.0f} s)"
-    )
-    for name, seconds, texts in (
-        (f"flax-distil pseudo_label, batch {args.batch_size}", ours_s, ours_texts),
-        ("faster-whisper, one file at a time", fw_s, fw_texts),
-    ):
-        wer = 100 * word_error_rate(references, texts)
+    print(f"\npseudo-labelling, tiny.en, {len(rows)} demo utterances ({audio_seconds:.0f} s)")
+    measured = [
+        (f"flax-distil pseudo_label {dtype}, batch {args.batch_size}", seconds, texts)
+        for dtype, (seconds, _, texts) in runs.items()
+    ]
+    for name, seconds, texts in [
+        *measured,
+        ("faster-whisper float32, file by file", fw_s, fw_texts),
+    ]:
         print(
-            f"  {name:40s} {seconds:7.1f} s  {audio_seconds / seconds:6.1f} audio s/s"
-            f"  WER {wer:.1f}%"
+            f"  {name:48s} {seconds:7.1f} s  {audio_seconds / seconds:6.1f} audio s/s"
+            f"  WER {percent(word_error_rate(references, texts))}"
         )
-    same = sum(normalize(a) == normalize(b) for a, b in zip(ours_texts, fw_texts, strict=True))
-    print(f"  speed-up vs faster-whisper: {fw_s / ours_s:.2f}x (target >= 2x)")
-    print(f"  identical normalised transcripts: {same} of {len(rows)}")
-    print(f"  summary: mean WER {summary['mean_wer']:.1f}%, {summary['kept']} within 10% WER")
+    for dtype, (seconds, summary, texts) in runs.items():
+        same = sum(normalize(a) == normalize(b) for a, b in zip(texts, fw_texts, strict=True))
+        print(
+            f"  {dtype}: {fw_s / seconds:.2f}x faster-whisper's speed (target >= 2x); "
+            f"{same} of {len(rows)} normalised transcripts identical to it; mean WER "
+            f"{percent(summary['mean_wer'])}, {summary['kept']} within 10% WER"
+        )
+    if {"float32", "bfloat16"} <= set(runs):
+        wers = {d: word_error_rate(references, runs[d][2]) for d in ("float32", "bfloat16")}
+        print(
+            f"  bfloat16 - float32: {100 * (wers['bfloat16'] - wers['float32']):+.2f} WER points "
+            f"(target within 0.5); bfloat16 takes {runs['bfloat16'][0] / runs['float32'][0]:.2f}x "
+            "float32's time"
+        )
 
 
 if __name__ == "__main__":

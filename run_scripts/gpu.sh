@@ -22,8 +22,14 @@
 # The workdir and the data must be on a filesystem every node sees. Without SLURM, start the same
 # command on every node with --coordinator HOST0:PORT --num-processes N --process-id I instead.
 #
+# Batch sizes come from `flax-distil plan --config $CONFIG --device h100-80gb --devices 8`
+# (BENCHMARKS.md): the bfloat16 large-v3 labelling program holds 2.9 GiB + 0.94 GiB per row per
+# device (81 rows fit 80 GB; 64 leave room), the train step 0.60 GiB per row with decoder
+# remat (124 fit; 64 per microbatch leave room for the accelerator's own layouts).
+#
 # Settings (environment variables): VENV, PYTHON (>= 3.12, for setup), TEACHER, CONFIG, WORKDIR,
-# LABELS (pseudo-label output root, the config's /mnt/labels), PER_DEVICE_BATCH, HF_TOKEN.
+# LABELS (pseudo-label output root, the config's /mnt/labels), PER_DEVICE_BATCH (training),
+# LABEL_PER_DEVICE (pseudo-labelling rows per GPU), HF_TOKEN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +41,7 @@ WORKDIR=${WORKDIR:-runs/large-v3-2dec}
 LABELS=${LABELS:-/mnt/labels}
 STUDENT=${STUDENT:-students/large-v3-2dec}
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-64}
+LABEL_PER_DEVICE=${LABEL_PER_DEVICE:-64}
 GLOBAL_BATCH=${GLOBAL_BATCH:-256}
 CLI=$VENV/bin/flax-distil
 
@@ -54,12 +61,14 @@ student() {
 }
 
 label() {
-  "$CLI" pseudo-label --model "$TEACHER" --batch-size $((32 * $(gpus))) \
+  # bfloat16 weights and caches; English sets name their language (no per-batch detection).
+  local batch=$((LABEL_PER_DEVICE * $(gpus)))
+  "$CLI" pseudo-label --model "$TEACHER" --batch-size $batch --dtype bfloat16 --language en \
     --dataset openslr/librispeech_asr --dataset-config clean --split train.100 \
     --text-column text --output "$LABELS/librispeech" --wer-threshold 0.1
-  "$CLI" pseudo-label --model "$TEACHER" --batch-size $((32 * $(gpus))) \
+  "$CLI" pseudo-label --model "$TEACHER" --batch-size $batch --dtype bfloat16 --language en \
     --dataset mozilla-foundation/common_voice_16_1 --dataset-config en --split train \
-    --text-column sentence --language en --output "$LABELS/common_voice" --wer-threshold 0.1
+    --text-column sentence --output "$LABELS/common_voice" --wer-threshold 0.1
 }
 
 train() {
@@ -80,7 +89,7 @@ evaluate() {
   done
 }
 
-[ $# -gt 0 ] || { sed -n '2,28p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,33p' "$0"; exit 2; }
 for stage in "$@"; do
   case "$stage" in
     setup | student | label | train) "$stage" ;;

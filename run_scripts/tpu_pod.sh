@@ -36,7 +36,10 @@ BUCKET=${BUCKET:?set BUCKET=gs://your-bucket}
 RUN=${RUN:-large-v3-2dec}
 TEACHER=${TEACHER:-openai/whisper-large-v3}
 CONFIG=${CONFIG:-configs/distil_large_v3_2dec.yaml}
-LABEL_BATCH=${LABEL_BATCH:-64}               # per host
+# Per host (4 chips): `flax-distil plan ... --device v4 --devices 16` puts the bfloat16 large-v3
+# labelling program at 2.9 GiB + 0.94 GiB per row per chip, so 30 rows fit 32 GiB; 24 per chip
+# leave room. Training (batch 256 over 16 chips: 16 rows each) fits up to 45 with remat.
+LABEL_BATCH=${LABEL_BATCH:-96}
 HF_TOKEN=${HF_TOKEN:-}
 
 VENV='$HOME/venv'
@@ -90,11 +93,13 @@ label() {
   # Every host runs the same command; --distributed lets jax find the other hosts.
   on_all "$env_line cd /mnt/labels &&
     $CLI pseudo-label --distributed --model $TEACHER --batch-size $LABEL_BATCH \
+      --dtype bfloat16 --language en \
       --dataset openslr/librispeech_asr --dataset-config clean --split train.100 \
       --text-column text --output /mnt/labels/librispeech --wer-threshold 0.1 &&
     $CLI pseudo-label --distributed --model $TEACHER --batch-size $LABEL_BATCH \
+      --dtype bfloat16 --language en \
       --dataset mozilla-foundation/common_voice_16_1 --dataset-config en --split train \
-      --text-column sentence --output /mnt/labels/common_voice --wer-threshold 0.1 --language en"
+      --text-column sentence --output /mnt/labels/common_voice --wer-threshold 0.1"
 }
 
 train() {
