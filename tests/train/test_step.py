@@ -3,6 +3,8 @@
 The step runs on the run's first batch, built by `flax_distil.train.run` as training builds it.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +53,11 @@ def test_step_compiles_once_and_learns_with_frozen_parts_unchanged(tiny_teacher,
     state, losses, step = steps_on_one_batch(run, optimizer, schedule, state, 20)
     assert step._cache_size() == 1
     assert losses[-1] < 0.6 * losses[0], losses
+    # Teacher forcing writes no KV cache: no scatter into [B, H, L, Dh] buffers anywhere in the
+    # step (the embedding gradients' scatter-adds into [V, D] tables are the only scatters).
+    hlo = step.lower(state, run.models.frozen, fixed_batch(run)).compile().as_text()
+    scatters = re.findall(r"= (\w+\[[\d,]*\])[^=]*? scatter\(", hlo)
+    assert all(shape.count(",") < 3 for shape in scatters), scatters
     for before, after in zip(
         jax.tree.leaves(frozen_before), jax.tree.leaves(run.models.frozen), strict=True
     ):
