@@ -187,7 +187,7 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
         "student forward + loss + backward": median_seconds(
             lambda: block(student_grad(params, frozen, encoder_out, t_logits, batch)), repeats
         ),
-        "  of which loss alone (log-softmax x2, CE, KL; fwd+bwd)": median_seconds(
+        "  of which loss alone (fused CE + KL, forward and backward)": median_seconds(
             lambda: block(loss_grad(s_logits, t_logits, batch)), repeats
         ),
         "AdamW + clip update": median_seconds(

@@ -8,6 +8,7 @@ positions count, since they are computed.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import jax
@@ -64,13 +65,14 @@ def train_step_flops(
 
 
 def matmul_flops_per_second(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-    """FLOP/s of a large square matmul on the default device, as XLA runs it (best of repeats)."""
+    """FLOP/s of a large square matmul on the default device, as XLA runs it (median of
+    `repeats` timed runs after a warm-up)."""
     a = jnp.ones((size, size), dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         started = time.perf_counter()
         matmul(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times)

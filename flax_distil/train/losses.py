@@ -7,8 +7,9 @@ CE and KL are one fused computation with a hand-written gradient (`jax.custom_vj
 forward pass reduces each position's vocabulary to three log-normalisers, and the backward pass
 rebuilds the softmaxes from the logits and those normalisers in a single elementwise pass, so
 nothing of size [B, T, V] is kept for the backward beyond the two models' logits (at large-v3
-shapes, 32 rows x 128 labels, each such float32 array is 0.85 GB per device). The teacher's
-logits get no gradient: the teacher is frozen.
+shapes, 32 rows x 128 labels, each such float32 array is 0.85 GB per device). The forward
+goes one label position at a time (its several reductions then read the position's logits from
+cache). The teacher's logits get no gradient: the teacher is frozen.
 """
 
 from __future__ import annotations
@@ -19,16 +20,42 @@ import jax
 import jax.numpy as jnp
 
 
-def _log_normalisers(student, teacher, temperature):
-    """Per position: logsumexp of the student's logits, of both models' logits / T."""
-    lse = jax.nn.logsumexp(student, axis=-1)
-    lse_student = jax.nn.logsumexp(student / temperature, axis=-1)
+def _shares_exponentials(temperature) -> bool:
+    """An integer temperature (Distil-Whisper's is 2): exp(x) = exp(x / T) ** T, so one
+    exponential per logit gives both the plain and the softened softmax."""
+    return float(temperature).is_integer() and 1 <= temperature <= 4
+
+
+def _student_normalisers(student, temperature):
+    """logsumexp(s) and logsumexp(s / T) over the vocabulary."""
+    if not _shares_exponentials(temperature):
+        return jax.nn.logsumexp(student, -1), jax.nn.logsumexp(student / temperature, -1)
+    top = student.max(axis=-1)
+    softened = jnp.exp((student - top[..., None]) / temperature)
+    lse_student = top / temperature + jnp.log(softened.sum(axis=-1))
+    lse = top + jnp.log((softened ** int(temperature)).sum(axis=-1))
+    return lse, lse_student
+
+
+def _position_sums(student, teacher, labels, mask, temperature):
+    """At one label position, for every row: (CE, KL, logsumexp(s), logsumexp(s / T),
+    logsumexp(t / T)), masked. student and teacher [B, V]; labels and mask [B]."""
+    lse, lse_student = _student_normalisers(student, temperature)
     lse_teacher = jax.nn.logsumexp(teacher / temperature, axis=-1)
-    return lse, lse_student, lse_teacher
+    picked = jnp.sum(jnp.where(_is_label(student, labels), student, 0.0), axis=-1)
+    teacher_probs = jnp.exp(teacher / temperature - lse_teacher[..., None])
+    # KL = sum_v p_t (log p_t - log p_s) = sum_v p_t (t - s) / T - lse_t + lse_s
+    cross = jnp.sum(teacher_probs * (teacher - student), axis=-1) / temperature
+    ce, kl = (lse - picked) * mask, (cross - lse_teacher + lse_student) * mask
+    return ce.sum(), kl.sum(), lse, lse_student, lse_teacher
 
 
 def _is_label(logits, labels):
     return jnp.arange(logits.shape[-1]) == labels[..., None]
+
+
+def _at(array, position):
+    return jax.lax.dynamic_index_in_dim(array, position, axis=1, keepdims=False)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -39,22 +66,28 @@ def _ce_kl_sums(student, teacher, labels, mask, temperature):
 
 
 def _ce_kl_forward(student, teacher, labels, mask, temperature):
-    lse, lse_student, lse_teacher = _log_normalisers(student, teacher, temperature)
-    picked = jnp.sum(jnp.where(_is_label(student, labels), student, 0.0), axis=-1)
-    ce = ((lse - picked) * mask).sum()
-    teacher_probs = jnp.exp(teacher / temperature - lse_teacher[..., None])
-    # KL = sum_v p_t (log p_t - log p_s) = sum_v p_t (t - s) / T - lse_t + lse_s
-    cross = jnp.sum(teacher_probs * (teacher - student), axis=-1) / temperature
-    kl = ((cross - lse_teacher + lse_student) * mask).sum()
-    residuals = (student, teacher, labels, mask, lse, lse_student, lse_teacher)
-    return (ce, kl), residuals
+    def position(index):
+        args = (_at(student, index), _at(teacher, index), labels[:, index], mask[:, index])
+        return _position_sums(*args, temperature)
+
+    # One label position at a time (for all rows): its [B, V] logits stay in cache through the
+    # several reductions (~1.4x faster on CPU than whole-array passes), and the rows, split over
+    # devices, stay split.
+    ce, kl, *normalisers = jax.lax.map(position, jnp.arange(student.shape[1]))
+    normalisers = [n.T for n in normalisers]  # [T, B] -> [B, T]
+    return (ce.sum(), kl.sum()), (student, teacher, labels, mask, *normalisers)
 
 
 def _ce_kl_backward(temperature, residuals, cotangents):
     student, teacher, labels, mask, lse, lse_student, lse_teacher = residuals
     g_ce, g_kl = cotangents
-    softmax = jnp.exp(student - lse[..., None])
+    # One elementwise pass over the whole batch: the gradient comes out in the logits' layout.
     softmax_t = jnp.exp(student / temperature - lse_student[..., None])
+    if _shares_exponentials(temperature):  # softmax(s) = softmax(s / T) ** T * exp(T lse_s - lse)
+        scale = jnp.exp(temperature * lse_student - lse)[..., None]
+        softmax = softmax_t ** int(temperature) * scale
+    else:
+        softmax = jnp.exp(student - lse[..., None])
     teacher_t = jnp.exp(teacher / temperature - lse_teacher[..., None])
     # d CE / d s = softmax(s) - onehot(label);  d KL / d s = (softmax(s / T) - p_t) / T
     d_ce = softmax - _is_label(student, labels)
@@ -93,7 +126,7 @@ def distillation_sums(
 
     With a teacher, CE and KL come from the fused computation above; `cross_entropy_sum` and
     `kl_sum` are the plain formulas it is tested against."""
-    mask = mask.astype(jnp.float32)
+    labels, mask = jnp.asarray(labels), jnp.asarray(mask, jnp.float32)
     if kl_weight and teacher_logits is not None:
         ce, kl = _ce_kl_sums(
             student_logits.astype(jnp.float32),

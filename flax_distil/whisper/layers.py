@@ -144,3 +144,30 @@ def write_rows(buffer, update, start, axis: int = 1):
 
 def maybe_remat(fn, enabled: bool):
     return nnx.remat(fn) if enabled else fn
+
+
+@jax.custom_vjp
+def tied_projection(x, embedding):
+    """Float32 logits [..., V] of hidden states [..., D] against the tied embedding [V, D].
+
+    The einsum contracts against the embedding in place (`Embed.attend`, x @ E.T, materialised
+    the transpose: ~2.5x slower per step). The hand-written backward takes the embedding's
+    gradient as (x^T g)^T: the logits' gradient [N, V] is then read in the layout it is made
+    in, instead of being transposed whole (0.2 GB for tiny.en at 16 x 64 labels) first."""
+    return jnp.einsum("...d,vd->...v", x, embedding.astype(x.dtype)).astype(jnp.float32)
+
+
+def _tied_projection_forward(x, embedding):
+    return tied_projection(x, embedding), (x, embedding)
+
+
+def _tied_projection_backward(residuals, grad):
+    x, embedding = residuals
+    grad = grad.astype(x.dtype)
+    d_x = jnp.einsum("...v,vd->...d", grad, embedding.astype(x.dtype))
+    flat_x, flat_grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+    d_embedding = jnp.einsum("nd,nv->dv", flat_x, flat_grad).T
+    return d_x.astype(x.dtype), d_embedding.astype(embedding.dtype)
+
+
+tied_projection.defvjp(_tied_projection_forward, _tied_projection_backward)
