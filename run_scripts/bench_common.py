@@ -31,6 +31,21 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def median_seconds_interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall time of each `fn()` over `repeats` rounds that time every function once,
+    in turn (after one warm-up call each): ratios between them then see the same machine
+    state, not whatever load or clock drift one function's turn happened to meet."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def reference_python() -> str:
     python = os.environ.get("FLAX_DISTIL_REFERENCE_PYTHON", str(REPO / ".venv-ref/bin/python"))
     if not Path(python).exists():

@@ -14,10 +14,11 @@ token ids, labels and loss mask (label lengths 24..length), the same real weight
 function `flax-distil train` runs; PyTorch (transformers WhisperForConditionalGeneration, in
 .venv-ref) runs the same step written the ordinary way, started by this script.
 
-MFU = `flops.train_step_flops` / median step time, over a large float32 matmul's FLOP/s
-measured by XLA in the same process. `--parts` also times the pieces of the flax-distil step
-(encoder, teacher decoder, student forward+backward, loss alone, optimiser) to show where the
-time goes.
+MFU = `flops.train_step_flops` / median step time, over a large float32 matmul's FLOP/s (its
+median) measured by XLA in the same process. `--parts` also times the pieces of the flax-distil
+step (encoder, teacher decoder, student forward, student forward + loss + backward, loss alone,
+optimiser) to show where the time goes; the pieces are timed in turn, round after round, so the
+ratios between them (the student's backward against its forward) see the same machine state.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import median_seconds, pin_threads, run_peer
+from bench_common import median_seconds, median_seconds_interleaved, pin_threads, run_peer
 
 CE_WEIGHT, KL_WEIGHT, TEMPERATURE, LR, CLIP = 0.8, 1.0, 2.0, 1e-4, 1.0
 
@@ -119,7 +120,7 @@ def make_batch(batch: int, length: int, prompt: list[int], text_tokens: int, see
 
 
 def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[str, float]:
-    """Median seconds of the pieces of the step, each jitted alone."""
+    """Median seconds of the pieces of the step, each jitted alone, timed in turn each round."""
     import jax
     import optax
 
@@ -174,26 +175,25 @@ def time_parts(models, settings, optimizer, state, batch, repeats: int) -> dict[
     s_logits = student_forward(params, frozen, encoder_out, tokens)
     _, grads = student_grad(params, frozen, encoder_out, t_logits, batch)
     block = jax.block_until_ready
-    return {
-        "encoder (frozen, forward)": median_seconds(
-            lambda: block(encode(frozen, batch["features"])), repeats
-        ),
-        "teacher decoder (forward + vocab projection)": median_seconds(
-            lambda: block(teacher_logits(frozen, encoder_out, tokens)), repeats
-        ),
-        "student decoder forward (+ vocab projection)": median_seconds(
-            lambda: block(student_forward(params, frozen, encoder_out, tokens)), repeats
-        ),
-        "student forward + loss + backward": median_seconds(
-            lambda: block(student_grad(params, frozen, encoder_out, t_logits, batch)), repeats
-        ),
-        "  of which loss alone (fused CE + KL, forward and backward)": median_seconds(
-            lambda: block(loss_grad(s_logits, t_logits, batch)), repeats
-        ),
-        "AdamW + clip update": median_seconds(
-            lambda: block(update(grads, state["opt_state"], params)), repeats
-        ),
-    }
+    return median_seconds_interleaved(
+        {
+            "encoder (frozen, forward)": lambda: block(encode(frozen, batch["features"])),
+            "teacher decoder (forward + vocab projection)": lambda: block(
+                teacher_logits(frozen, encoder_out, tokens)
+            ),
+            "student decoder forward (+ vocab projection)": lambda: block(
+                student_forward(params, frozen, encoder_out, tokens)
+            ),
+            "student forward + loss + backward": lambda: block(
+                student_grad(params, frozen, encoder_out, t_logits, batch)
+            ),
+            "  of which loss alone (fused CE + KL, forward and backward)": lambda: block(
+                loss_grad(s_logits, t_logits, batch)
+            ),
+            "AdamW + clip update": lambda: block(update(grads, state["opt_state"], params)),
+        },
+        repeats,
+    )
 
 
 def main() -> None:
@@ -306,6 +306,10 @@ def main() -> None:
         )
     for name, seconds in parts.items():
         print(f"  part: {name:<58} {seconds * 1e3:8.0f} ms")
+    if parts:
+        backward = parts["student forward + loss + backward"]
+        forward = parts["student decoder forward (+ vocab projection)"]
+        print(f"  student forward + loss + backward = {backward / forward:.2f}x its forward")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _position_sums(student, teacher, labels, mask, temperature):
     logsumexp(t / T)), masked. student and teacher [B, V]; labels and mask [B]."""
     lse, lse_student = _student_normalisers(student, temperature)
     lse_teacher = jax.nn.logsumexp(teacher / temperature, axis=-1)
-    picked = jnp.sum(jnp.where(_is_label(student, labels), student, 0.0), axis=-1)
+    picked = jnp.take_along_axis(student, labels[..., None], axis=-1)[..., 0]
     teacher_probs = jnp.exp(teacher / temperature - lse_teacher[..., None])
     # KL = sum_v p_t (log p_t - log p_s) = sum_v p_t (t - s) / T - lse_t + lse_s
     cross = jnp.sum(teacher_probs * (teacher - student), axis=-1) / temperature
