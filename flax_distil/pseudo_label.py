@@ -6,7 +6,7 @@ Shard k holds the dataset's rows [k*S, (k+1)*S), whatever the number of processe
 labels the shards k with k % N == i. A shard is written to a hidden temporary file and renamed to
 `shard-00012-of-00040.parquet`, so it is complete or absent: a killed job rerun with the same
 command skips the shards that exist and loses or repeats nothing (with any number of processes).
-`manifest.json` records what the shards were made from; a rerun with another dataset, shard size,
+`_manifest.json` records what the shards were made from; a rerun with another dataset, shard size,
 model or decoding setting stops with an error.
 
 An output row is the source row, audio untouched (bytes, or a path made absolute), plus
@@ -14,7 +14,7 @@ An output row is the source row, audio untouched (bytes, or a path made absolute
 included with `timestamps`) and `wer`: a fraction, transcript against the text column after
 Whisper's English normaliser (`flax_distil.metrics.label_wer`), NaN without usable ground truth.
 Rows whose audio is unusable (the data module's skip reasons) are logged, left out and counted by
-reason in the shard's parquet metadata. Once every shard exists, process 0 writes `summary.json`:
+reason in the shard's parquet metadata. Once every shard exists, process 0 writes `_summary.json`:
 examples, skipped, audio hours, kept/dropped by `wer_threshold` (no ground truth counts as
 dropped, as the training filter drops it), mean WER, wall time and throughput. The filter itself
 runs at training time (`SourceSpec("parquet", OUTPUT, text_column="whisper_transcript",
@@ -51,7 +51,10 @@ from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
 
-MANIFEST, SUMMARY = "manifest.json", "summary.json"
+# Leading underscores: readers of a parquet directory (pyarrow, pandas, DuckDB, polars, datasets)
+# skip such files. Directories labelled before keep their old names, still read on a restart.
+MANIFEST, SUMMARY = "_manifest.json", "_summary.json"
+_OLD_MANIFEST = "manifest.json"
 _STATS_KEY = b"flax_distil_shard"  # per-shard counts, in the parquet file's schema metadata
 
 
@@ -168,6 +171,8 @@ def _manifest(model, spec: SourceSpec, num_rows: int, num_shards: int, options) 
 def check_manifest(output: Path, manifest: dict) -> None:
     """Writes the manifest into a new output directory, or checks a restart against it."""
     path = output / MANIFEST
+    if not path.exists() and (output / _OLD_MANIFEST).exists():
+        path = output / _OLD_MANIFEST
     if path.exists():
         saved = json.loads(path.read_text())
         changed = [
@@ -330,7 +335,7 @@ def shard_stats(path: Path) -> dict:
 
 
 def write_summary(output, spec, num_shards, options, wall_seconds, this_run) -> dict:
-    """Totals over every shard (from their metadata and `wer` columns) into summary.json."""
+    """Totals over every shard (from their metadata and `wer` columns) into _summary.json."""
     import pyarrow.parquet as pq
 
     paths = [shard_path(output, k, num_shards) for k in range(num_shards)]

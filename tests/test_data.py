@@ -290,6 +290,30 @@ def test_dataset_argument_names_its_kind(corpus, tmp_path):
         spec_from_argument(str(tmp_path))
 
 
+@pytest.mark.parametrize("typo", ["demo-run/data/heldot", "./heldout", "/no/such/dir", "x.jsonl"])
+def test_a_mistyped_local_path_is_a_one_line_error(typo, tmp_path, monkeypatch):
+    from flax_distil.cli import main
+
+    (tmp_path / "demo-run" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    result = main_error(
+        main, ["evaluate", "--model", "pypi:tiny.en", "--dataset", typo, "--output", "out"]
+    )
+    assert result == f"error: {typo}: no such directory or file"
+
+
+def main_error(main, argv) -> str:
+    """The one line `flax-distil ARGV` prints on stderr, checking it exits with status 2."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert main(argv) == 2
+    (line,) = stderr.getvalue().splitlines()
+    return line
+
+
 def test_wer_filtering_is_not_counted_as_broken_data():
     from flax_distil.data.examples import SkipCounter, Skipped
 

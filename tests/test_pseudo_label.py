@@ -161,18 +161,18 @@ def test_sigkill_and_restart_gives_the_uninterrupted_rows_once(
     finished = {path: path.stat().st_mtime_ns for path in _shards(output)}
     assert job.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     assert 1 <= len(finished) < NUM_SHARDS  # killed in the middle
-    assert not (output / "summary.json").exists()
+    assert not (output / "_summary.json").exists()
 
     assert main(command) == 0  # the same command resumes
     assert {path: path.stat().st_mtime_ns for path in finished} == finished  # not redone
     names = sorted(path.name for path in output.iterdir())
-    assert names == sorted(["manifest.json", "summary.json", *(p.name for p in _shards(output))])
+    assert names == sorted(["_manifest.json", "_summary.json", *(p.name for p in _shards(output))])
     assert len(_shards(output)) == NUM_SHARDS
     rows, expected = _rows(output), _rows(uninterrupted)
     assert [row["file_name"] for row in rows] == [f"clips/utt{i:03d}.flac" for i in range(200)]
     assert rows == expected
     assert len({row["whisper_transcript"] for row in rows}) > 10  # the rows differ
-    summary = json.loads((output / "summary.json").read_text())
+    summary = json.loads((output / "_summary.json").read_text())
     assert summary["examples"] == summary["labelled"] == NUM_UTTERANCES
     assert summary["examples_this_run"] == NUM_UTTERANCES - SHARD_SIZE * len(finished)
 
@@ -205,7 +205,7 @@ def test_two_jax_processes_write_the_single_process_rows(
     assert "wrote" in outputs[0] and "wrote" not in outputs[1]  # process 0 reports
     key = lambda row: row["file_name"]  # noqa: E731
     assert sorted(_rows(output), key=key) == sorted(_rows(uninterrupted), key=key)
-    summary = json.loads((output / "summary.json").read_text())
+    summary = json.loads((output / "_summary.json").read_text())
     assert summary["examples_this_run"] == summary["labelled"] == NUM_UTTERANCES
 
 
@@ -247,13 +247,32 @@ def test_broken_audio_is_counted_by_reason_and_the_rest_labelled(small_model, tm
     assert all(wer >= 0 for wer in wers.values())
 
 
+def test_parquet_readers_read_the_output_directory_whole(
+    uninterrupted, small_model, noise_corpus, tmp_path
+):
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(uninterrupted, format="parquet").to_table()  # skips _manifest.json ...
+    assert table.num_rows == len(_rows(uninterrupted)) == NUM_UTTERANCES
+    assert "whisper_transcript" in table.column_names
+    # A directory labelled before the JSON files were renamed is still resumed.
+    old = tmp_path / "old"
+    shutil.copytree(uninterrupted, old)
+    (old / "_manifest.json").rename(old / "manifest.json")
+    (old / "_summary.json").unlink()
+    assert main(_command(small_model, noise_corpus, old)) == 0  # every shard there: no work
+    assert (old / "_summary.json").exists() and not (old / "_manifest.json").exists()
+
+
 def test_output_is_a_training_source_filtered_by_the_stored_wer(uninterrupted, tmp_path):
     rows = _rows(uninterrupted)
     wers = [row["wer"] for row in rows]
     threshold = (min(wers) + max(wers)) / 2
     spec = SourceSpec(
         "parquet",
-        str(uninterrupted),  # manifest.json and summary.json beside the shards
+        str(uninterrupted),  # _manifest.json and _summary.json beside the shards
         text_column="whisper_transcript",
         wer_column="wer",
         wer_threshold=threshold,

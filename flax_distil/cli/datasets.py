@@ -73,7 +73,7 @@ def add_pseudo_label(commands) -> None:
         "--wer-threshold",
         type=float,
         default=0.1,
-        help="a fraction; summary.json counts the rows within it (filter at training time)",
+        help="a fraction; _summary.json counts the rows within it (filter at training time)",
     )
     add_distributed_flags(parser)
     parser.set_defaults(handler=pseudo_label)
@@ -103,5 +103,5 @@ def pseudo_label(args: argparse.Namespace) -> None:
             f"labelled ({skipped} skipped), {summary['audio_hours']:.2f} h of audio, mean WER "
             f"{percent(summary['mean_wer'])}, {summary['kept']} within "
             f"{percent(options.wer_threshold)} WER; "
-            f"{summary['audio_seconds_per_second']:.1f} audio s per s; see summary.json"
+            f"{summary['audio_seconds_per_second']:.1f} audio s per s; see _summary.json"
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import json
 import logging
 from pathlib import Path
@@ -90,8 +91,11 @@ class SourceSpec:
 def spec_from_argument(dataset: str, **options) -> SourceSpec:
     """The `SourceSpec` a command-line `--dataset` names: a directory with `metadata.csv`
     (audiofolder), a directory of or a single `.parquet` file, a `.jsonl` manifest, or else a
-    Hugging Face hub dataset name. `options` are the other `SourceSpec` fields."""
+    Hugging Face hub dataset name. A path that does not exist is an error here, not a hub name
+    that fails later on the network. `options` are the other `SourceSpec` fields."""
     path = Path(dataset)
+    if not (path.exists() or glob.glob(dataset)) and _looks_like_a_path(dataset):
+        raise FlaxDistilError(f"{dataset}: no such directory or file")
     if path.is_dir() and (path / "metadata.csv").is_file():
         kind = "audiofolder"
     elif path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
@@ -106,6 +110,18 @@ def spec_from_argument(dataset: str, **options) -> SourceSpec:
     else:
         kind = "hub"
     return SourceSpec(kind, str(dataset), **options)
+
+
+def _looks_like_a_path(dataset: str) -> bool:
+    """A local path rather than a hub name ("owner/name"): starts with . / or ~, has more than
+    one separator or a data file's suffix, or its parent directory exists here."""
+    path = Path(dataset)
+    return (
+        dataset.startswith((".", "/", "~"))
+        or dataset.count("/") > 1
+        or path.suffix in (".parquet", ".jsonl", ".json", ".csv")
+        or (len(path.parts) > 1 and path.parent.is_dir())
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,7 +110,12 @@ class Loop:
     def run(self) -> dict:
         config = self.config
         if self.start_step == 0:
-            self.writer.hparams(flatten(config.to_dict()))
+            settings = flatten(config.to_dict())
+            settings["log.peak_flops"] = self.peak  # the MFU denominator used, measured or set
+            names = [spec.name for spec in config.data.eval]
+            metric_tags = ["train/loss"]
+            metric_tags += [f"eval/{name}/{metric}" for name in names for metric in ("wer", "loss")]
+            self.writer.hparams(settings, metric_tags)
             if config.eval.every:
                 self._eval(0)  # the starting point of every eval curve
         pending = None  # (step, metrics on device) not yet read
