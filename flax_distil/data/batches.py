@@ -3,8 +3,9 @@
 A batch holds, for each of `batch_size` examples:
 - `audio` [B, 480000]: the clip zero-padded to 30 s, for the JAX log-mel on the accelerator
   (`features_on="device"`), or `features` [B, mels, 3000] computed on the host CPU;
-- `decoder_input_ids` and `labels` [B, max_label_length]: the decoder prompt, the text tokens
-  and end-of-text, shifted by one, padded with end-of-text;
+- `decoder_input_ids` and `labels` [B, max_label_length]: each example's decoder prompt, its
+  label tokens and end-of-text (`labels.Labeller`: token ids or text, timestamps, previous-text
+  prompts), shifted by one, padded with end-of-text;
 - `loss_mask` [B, max_label_length]: 1 where the label is a text token or end-of-text, 0 on
   the prompt and the padding.
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from flax_distil.audio import N_SAMPLES, batch_audio
 from flax_distil.data.examples import Example, Skipped
+from flax_distil.data.labels import Labelled, Labeller, label_arrays
 from flax_distil.data.stream import ExampleStream
 from flax_distil.errors import FlaxDistilError
 
@@ -37,8 +39,6 @@ from flax_distil.errors import FlaxDistilError
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
     batch_size: int
-    max_label_length: int = 128
-    long_labels: str = "drop"  # or "truncate"
     features_on: str = "device"  # or "host"
     num_mel_bins: int = 80
     label_bucket: int = 0  # 0: always max_label_length; k: the batch's longest, rounded up to k
@@ -49,75 +49,54 @@ class BatchSpec:
             raise FlaxDistilError("batch_size must be at least 1")
         if self.label_bucket < 0 or self.length_groups < 1:
             raise FlaxDistilError("label_bucket must be >= 0 and length_groups >= 1")
-        if self.long_labels not in ("drop", "truncate"):
-            raise FlaxDistilError("long_labels must be 'drop' or 'truncate'")
         if self.features_on not in ("device", "host"):
             raise FlaxDistilError("features_on must be 'device' or 'host'")
-
-
-def label_arrays(prompt: list[int], text_tokens: list[int], eos: int, length: int):
-    """(decoder_input_ids, labels, loss_mask), each [length], for one example; the inputs are
-    real up to the loss mask's last 1."""
-    tokens = [*prompt, *text_tokens, eos][: length + 1]
-    inputs = np.full(length, eos, np.int32)
-    labels = np.full(length, eos, np.int32)
-    mask = np.zeros(length, np.float32)
-    inputs[: len(tokens) - 1] = tokens[:-1]
-    labels[: len(tokens) - 1] = tokens[1:]
-    mask[len(prompt) - 1 : len(tokens) - 1] = 1.0
-    return inputs, labels, mask
 
 
 class Batches:
     """Iterator of host-local batches (dicts of numpy arrays) with `state()` / `restore()`."""
 
-    def __init__(
-        self, stream: ExampleStream, tokenizer, prompt: list[int], spec: BatchSpec, prefetch=2
-    ):
-        if len(prompt) + 1 > spec.max_label_length:
-            raise FlaxDistilError("max_label_length leaves no room after the decoder prompt")
-        self.stream, self.tokenizer, self.prompt, self.spec = stream, tokenizer, prompt, spec
-        self.eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    def __init__(self, stream: ExampleStream, labeller: Labeller, spec: BatchSpec, prefetch=2):
+        self.stream, self.labeller, self.spec = stream, labeller, spec
+        self.eos = labeller.eos
+        self.max_label_length = labeller.spec.max_label_length
         self.prefetch = prefetch
         self._state = {"stream": stream.state(), "batches_taken": 0}
         self._groups = self._build_groups()
         self._queue: queue.Queue | None = None
 
-    def _text_tokens(self, example: Example) -> list[int] | None:
-        tokens = self.tokenizer(" " + example.text, add_special_tokens=False).input_ids
-        room = self.spec.max_label_length + 1 - len(self.prompt) - 1
-        if len(tokens) <= room:
-            return tokens
-        if self.spec.long_labels == "truncate":  # fills the labels; no end-of-text fits
-            return tokens[: room + 1]
-        self.stream.skipped.record(Skipped("label_too_long", example.id), already_seen=True)
-        return None
+    def _label(self, example: Example) -> Labelled | None:
+        labelled = self.labeller.label(example, self.stream.epoch)
+        if labelled is None:
+            self.stream.skipped.record(Skipped("label_too_long", example.id), already_seen=True)
+        return labelled
 
-    def _read_group(self) -> list[list[tuple[Example, list[int]]]]:
-        """The next `length_groups` batches' examples (with their text tokens), in the order
-        they are handed out."""
+    def _read_group(self) -> list[list[tuple[Example, Labelled]]]:
+        """The next `length_groups` batches' examples (with their labels), in the order they
+        are handed out."""
         start = self.stream.state()
         pairs = []
         while len(pairs) < self.spec.batch_size * self.spec.length_groups:
             example = next(self.stream)
-            tokens = self._text_tokens(example)
-            if tokens is not None:
-                pairs.append((example, tokens))
+            labelled = self._label(example)
+            if labelled is not None:
+                pairs.append((example, labelled))
         if self.spec.length_groups == 1:
             return [pairs]
-        pairs.sort(key=lambda pair: len(pair[1]))  # stable: ties keep the stream's order
+        # stable: ties keep the stream's order
+        pairs.sort(key=lambda pair: len(pair[1].prompt) + len(pair[1].tokens))
         size = self.spec.batch_size
         batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         rng = np.random.default_rng([start["seed"], start["epoch"], start["position"]])
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def _label_length(self, token_lists: list[list[int]]) -> int:
+    def _label_length(self, labels: list[Labelled]) -> int:
         # prompt + text + end-of-text, less one: inputs and labels are the tokens shifted by one
-        longest = len(self.prompt) + max(len(t) for t in token_lists)
+        longest = max(len(label.prompt) + len(label.tokens) for label in labels)
         bucket = self.spec.label_bucket
         if not bucket:
-            return self.spec.max_label_length
-        return min(self.spec.max_label_length, -(-longest // bucket) * bucket)
+            return self.max_label_length
+        return min(self.max_label_length, -(-longest // bucket) * bucket)
 
     def _build_groups(self, taken: int = 0):
         """Yields (batch, state) forever from the stream's position, which is where a group
@@ -133,11 +112,11 @@ class Batches:
                 yield self._assemble(pairs), after
             taken = 0
 
-    def _assemble(self, pairs: list[tuple[Example, list[int]]]) -> dict:
+    def _assemble(self, pairs: list[tuple[Example, Labelled]]) -> dict:
         examples = [example for example, _ in pairs]
-        token_lists = [tokens for _, tokens in pairs]
-        length = self._label_length(token_lists)
-        arrays = [label_arrays(self.prompt, t, self.eos, length) for t in token_lists]
+        labels = [label for _, label in pairs]
+        length = self._label_length(labels)
+        arrays = [label_arrays(label.prompt, label.tokens, self.eos, length) for label in labels]
         batch = {
             "decoder_input_ids": np.stack([a[0] for a in arrays]),
             "labels": np.stack([a[1] for a in arrays]),

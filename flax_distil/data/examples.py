@@ -48,6 +48,10 @@ class Example:
     id: str
     audio: np.ndarray  # mono float32 at 16 kHz
     text: str
+    token_ids: list[int] | None = None  # the label as token ids (timestamps kept), if given
+    previous: str | None = None  # the text said just before, for previous-text prompts
+    language: str | None = None  # of the source (None: the training default)
+    task: str = "transcribe"
 
 
 class Skipped(Exception):
@@ -82,7 +86,15 @@ def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Exam
         wer = label_wer(raw.ground_truth, raw.text) if raw.stored_wer is None else raw.stored_wer
         if not wer <= raw.wer_threshold:
             raise Skipped("wer_above_threshold", raw.id, f"WER {wer:.3f}")
-    return Example(raw.id, decode_audio(raw, limits), raw.text.strip())
+    return Example(
+        raw.id,
+        decode_audio(raw, limits),
+        raw.text.strip(),
+        token_ids=None if raw.token_ids is None else [int(t) for t in raw.token_ids],
+        previous=raw.previous if isinstance(raw.previous, str) and raw.previous.strip() else None,
+        language=raw.language,
+        task=raw.task,
+    )
 
 
 def decode_audio(raw: RawExample, limits: ExampleFilter | None = None) -> np.ndarray:

@@ -1,23 +1,64 @@
-"""Packing short utterances into 30-second windows: one encoder pass serves several sentences.
+"""Packing utterances into windows of up to 30 s: one encoder pass serves several sentences, and
+a window's previous window gives the previous-text prompt (Distil-Whisper v3's recipe).
+
+    flax-distil pack --dataset SOURCE --output DIR --group-column speaker_id [--max-seconds 30]
 
 Whisper's encoder always sees 30 s; a 3 s utterance leaves ~90% of that window as padding that
-costs as much to encode as speech. Packing consecutive utterances of an audiofolder (with short
-silences between them) into windows of up to `max_seconds`, with their transcripts joined,
-cuts the encoder work per utterance several-fold for pseudo-labelling and training. Whisper
-was trained on such multi-sentence windows, so the student still learns the teacher's task.
+costs as much to encode as speech. `pack` reads any source in its order and joins consecutive
+utterances of the same group (a speaker, a book, a recording: `group_column`) into windows of
+at most `max_seconds` of audio, with `gap_seconds` of silence between utterances; a new group
+always starts a new window. It writes parquet shards (`shard-00000.parquet`, ...) with the
+window's audio as FLAC, its utterances' text joined in `text`, the group, `utterances` (how
+many) and `condition_on_prev`: the text of the window before it in the same group ("" for a
+group's first window). Every usable utterance is in exactly one window, in order; unusable
+ones are counted by reason.
+
+Options the demo uses: `max_utterances` (each window takes a random 1 to N utterances, so the
+student also learns to stop after one sentence), `max_words` (keeps a transcript within the
+label length), a (low, high) `gap_seconds` range, and `shortest_first` (windows numbered from
+the shortest transcript: a pseudo-labelling batch then stops decoding together).
 """
 
 from __future__ import annotations
 
-import csv
+import collections
+import dataclasses
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from flax_distil.audio import SAMPLE_RATE, load_audio
+from flax_distil.audio import SAMPLE_RATE
+from flax_distil.data.examples import ExampleFilter, Skipped, decode_example
+from flax_distil.data.sources import Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
+
+PREVIOUS_COLUMN = "condition_on_prev"
+
+
+@dataclasses.dataclass(frozen=True)
+class PackOptions:
+    group_column: str | None = None  # None: the whole source is one group
+    max_seconds: float = 30.0
+    gap_seconds: float | tuple[float, float] = 0.0
+    max_words: int | None = None
+    max_utterances: int | None = None
+    shortest_first: bool = False
+    shard_size: int = 500  # windows per parquet file
+    seed: int = 0
+
+    def __post_init__(self):
+        low, high = _gap_range(self.gap_seconds)
+        if self.max_seconds <= 0 or not 0 <= low <= high or self.shard_size < 1:
+            raise FlaxDistilError(
+                "--max-seconds must be positive, --gap-seconds >= 0, --shard-size >= 1"
+            )
+
+
+def _gap_range(gap) -> tuple[float, float]:
+    return tuple(gap) if isinstance(gap, tuple | list) else (gap, gap)
 
 
 def _windows(words, durations, gaps, max_seconds: float, max_words: float, sizes: np.ndarray):
@@ -38,69 +79,102 @@ def _windows(words, durations, gaps, max_seconds: float, max_words: float, sizes
     return groups
 
 
-def pack_audiofolder(
-    source: str | Path,
-    output: str | Path,
-    *,
-    max_seconds: float = 28.0,
-    gap_seconds: float | tuple[float, float] = 0.4,
-    max_words: int | None = 70,
-    max_utterances: int | None = 8,
-    seed: int = 0,
-) -> Path:
-    """Writes `output/metadata.csv` (file_name, text, utterances) and `output/clips/*.flac`.
+def _runs(source: Source, group_column: str | None, skipped: collections.Counter):
+    """Runs of consecutive usable utterances of one group: (group, [(audio, text), ...])."""
+    run, group = [], None
+    for index in tqdm(range(len(source)), desc="reading utterances", unit="utt", leave=False):
+        row = source.table[index]
+        value = row.get(group_column) if group_column else None
+        try:
+            example = decode_example(source[index], ExampleFilter(max_seconds=math.inf))
+        except Skipped as error:
+            skipped[error.reason] += 1
+            continue
+        if run and value != group:
+            yield group, run
+            run = []
+        run.append((example.audio, example.text))
+        group = value
+    if run:
+        yield group, run
 
-    Each window holds a random number of utterances, 1 to `max_utterances` (seeded): windows
-    that end after one sentence teach the student to stop when the speech stops, as single
-    clips need. Utterances longer than `max_seconds` get a window of their own (the data
-    filters decide what to do with them); `max_words` keeps a transcript within the label
-    length. `gap_seconds` is the silence between utterances, or a (low, high) range to draw
-    each gap from. None lifts a cap: `max_seconds=120, gap_seconds=(0.3, 1.2),
-    max_words=None, max_utterances=None` joins read sentences into two-minute recordings
-    for long-form evaluation. Windows are numbered from the shortest transcript to the
-    longest."""
+
+def _pack_run(utterances, options: PackOptions, rng):
+    """Windows [(audio, text, utterance count, previous window's text)] of one group's run."""
+    words = [len(text.split()) for _, text in utterances]
+    durations = [len(audio) / SAMPLE_RATE for audio, _ in utterances]
+    if options.max_utterances is None:
+        sizes = np.asarray([len(utterances)])
+    else:
+        sizes = rng.integers(1, options.max_utterances + 1, size=len(utterances))
+    gaps = rng.uniform(*_gap_range(options.gap_seconds), size=len(utterances))
+    cap = math.inf if options.max_words is None else options.max_words
+    windows, previous = [], ""
+    for group in _windows(words, durations, gaps, options.max_seconds, cap, sizes):
+        pieces = []
+        for position, index in enumerate(group):
+            if position:
+                pieces.append(np.zeros(int(gaps[index] * SAMPLE_RATE), np.float32))
+            pieces.append(utterances[index][0])
+        text = " ".join(utterances[index][1] for index in group)
+        windows.append((np.concatenate(pieces), text, len(group), previous))
+        previous = text
+    return windows
+
+
+def pack(spec: SourceSpec, output: str | Path, options: PackOptions | None = None) -> dict:
+    """Writes the windows as parquet shards into `output`; returns counts (utterances in,
+    windows out, skipped by reason)."""
+    options = options or PackOptions()
+    source, output = Source(spec), Path(output)
+    if options.group_column and options.group_column not in (source.table.column_names or ()):
+        raise FlaxDistilError(
+            f"source {spec.path}: no column {options.group_column!r} to group by; it has "
+            f"{list(source.table.column_names)}"
+        )
+    if any(output.glob("shard-*.parquet")):
+        raise FlaxDistilError(f"{output} already holds packed shards; use a new --output")
+    output.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(options.seed)
+    skipped, windows, utterances = collections.Counter(), [], 0
+    for group, run in _runs(source, options.group_column, skipped):
+        utterances += len(run)
+        windows += [(group, *window) for window in _pack_run(run, options, rng)]
+    if not windows:
+        raise FlaxDistilError(f"{spec.path}: no usable utterance to pack ({dict(skipped)})")
+    if options.shortest_first:
+        windows.sort(key=lambda window: len(window[2].split()))  # stable: ties keep the order
+    for first in range(0, len(windows), options.shard_size):
+        _write_shard(
+            output,
+            first // options.shard_size,
+            windows[first : first + options.shard_size],
+            first,
+            options.group_column,
+        )
+    return {"utterances": utterances, "windows": len(windows), "skipped": dict(skipped)}
+
+
+def _write_shard(output: Path, shard: int, windows, first: int, group_column: str | None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import soundfile
 
-    source, output = Path(source), Path(output)
-    metadata = source / "metadata.csv"
-    if not metadata.is_file():
-        raise FlaxDistilError(f"{source}: packing needs an audiofolder with metadata.csv")
-    with metadata.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise FlaxDistilError(f"{metadata}: no rows to pack")
-    clips = {
-        row["file_name"]: load_audio(source / row["file_name"])
-        for row in tqdm(rows, desc="reading utterances", unit="utt", leave=False)
-    }
-    durations = [len(clips[row["file_name"]]) / SAMPLE_RATE for row in rows]
-    rng = np.random.default_rng(seed)
-    if max_utterances is None:
-        sizes = np.asarray([len(rows)])
-    else:
-        sizes = rng.integers(1, max_utterances + 1, size=len(rows))
-    low, high = gap_seconds if isinstance(gap_seconds, tuple) else (gap_seconds, gap_seconds)
-    gaps = rng.uniform(low, high, size=len(rows))
-    words = [len(row["text"].split()) for row in rows]
-    word_cap = math.inf if max_words is None else max_words
-    groups = _windows(words, durations, gaps, max_seconds, word_cap, sizes)
-    # Shortest transcript first: a pseudo-labelling batch then holds windows that stop decoding
-    # at about the same step (training shuffles them anyway).
-    groups.sort(key=lambda group: sum(words[i] for i in group))
-    (output / "clips").mkdir(parents=True, exist_ok=True)
-    records = []
-    for index, group in enumerate(tqdm(groups, desc="packing windows", unit="window")):
-        pieces = []
-        for position, row_index in enumerate(group):
-            silence = np.zeros(int(gaps[row_index] * SAMPLE_RATE), np.float32)
-            pieces += [silence] if position else []
-            pieces.append(clips[rows[row_index]["file_name"]])
-        name = f"clips/window{index:05d}.flac"
-        soundfile.write(output / name, np.concatenate(pieces), SAMPLE_RATE)
-        text = " ".join(rows[i]["text"].strip() for i in group)
-        records.append((name, text, len(group)))
-    with (output / "metadata.csv").open("w", newline="") as handle:  # written last: complete
-        writer = csv.writer(handle)
-        writer.writerow(["file_name", "text", "utterances"])
-        writer.writerows(records)
-    return output
+    rows = []
+    for offset, (group, audio, text, count, previous) in enumerate(windows):
+        encoded = io.BytesIO()
+        soundfile.write(encoded, audio, SAMPLE_RATE, format="FLAC")
+        row = {
+            "audio": {"bytes": encoded.getvalue(), "path": f"window{first + offset:06d}.flac"},
+            "text": text,
+            "utterances": count,
+            "seconds": round(len(audio) / SAMPLE_RATE, 3),
+            PREVIOUS_COLUMN: previous,
+        }
+        if group_column:
+            row[group_column] = group
+        rows.append(row)
+    path = output / f"shard-{shard:05d}.parquet"
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), temporary)
+    temporary.replace(path)

@@ -53,6 +53,13 @@ class SourceSpec:
     streaming: bool = False
     shuffle_buffer: int = 1000
     name: str | None = None  # how logs and reports call it (training config: its folder's name)
+    # Training labels: the pseudo-labels' token ids when a row has them (timestamps included),
+    # else `text_column` tokenised; the previous window's text for previous-text prompts
+    # (`flax-distil pack` writes it); the decoder prompt's language and task (multilingual).
+    token_ids_column: str | None = "whisper_token_ids"
+    previous_column: str | None = "condition_on_prev"
+    language: str | None = None  # default: the training config's data.language
+    task: str = "transcribe"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -63,6 +70,10 @@ class SourceSpec:
             raise FlaxDistilError(
                 f"source {self.path}: streaming applies to {' and '.join(STREAMING_KINDS)} "
                 f"sources, not {self.kind}"
+            )
+        if self.task not in ("transcribe", "translate"):
+            raise FlaxDistilError(
+                f"source {self.path}: task must be transcribe or translate, not {self.task!r}"
             )
         if self.shuffle_buffer < 1:
             raise FlaxDistilError(f"source {self.path}: shuffle_buffer must be at least 1")
@@ -135,6 +146,10 @@ class RawExample:
     ground_truth: object = None
     wer_threshold: float | None = None
     stored_wer: float | None = None  # from the source's wer_column; NaN when missing
+    token_ids: object = None  # the label's token ids (pseudo-labels), when the source has them
+    previous: object = None  # the text said before this example, when the source has it
+    language: str | None = None
+    task: str = "transcribe"
 
 
 class Source:
@@ -156,6 +171,15 @@ class Source:
             raise FlaxDistilError(
                 f"source {spec.path}: no column(s) {sorted(missing)}; it has "
                 f"{list(names)} (set audio_column / text_column)"
+            )
+        if spec.token_ids_column in names and spec.text_column != "whisper_transcript":
+            log.warning(
+                "source %s: training labels come from %s, not text_column %s (set "
+                "token_ids_column: null to train on %s)",
+                spec.path,
+                spec.token_ids_column,
+                spec.text_column,
+                spec.text_column,
             )
 
     def _map_style(self) -> None:
@@ -204,6 +228,10 @@ class Source:
             else None,
             wer_threshold=self.spec.wer_threshold,
             stored_wer=_as_wer(row.get(self.spec.wer_column)) if self.spec.wer_column else None,
+            token_ids=_optional(row, self.spec.token_ids_column),
+            previous=_optional(row, self.spec.previous_column),
+            language=self.spec.language,
+            task=self.spec.task,
         )
 
     def streamed_example(self, row: dict, epoch: int, number: int) -> RawExample:
@@ -213,6 +241,10 @@ class Source:
         path = audio.get("path") if isinstance(audio, dict) else audio
         name = path if isinstance(path, str) and path else f"epoch{epoch}.row{number}"
         return self.raw_example(row, f"{self.spec.path}#{name}")
+
+
+def _optional(row: dict, column: str | None):
+    return row.get(column) if column else None
 
 
 def _as_wer(value) -> float:

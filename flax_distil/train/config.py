@@ -22,6 +22,7 @@ import yaml
 
 from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
+from flax_distil.train.augment import SpecAugment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,9 @@ class DataConfig:
     max_label_length: int = 128
     label_bucket: int = 0  # 0: labels padded to max_label_length; k: to the batch's longest, in k's
     length_groups: int = 1  # batches read together and sorted by label length
+    timestamp_probability: float = 0.5  # labels with timestamps keep them this often
+    condition_on_prev_probability: float = 0.0  # prompt with the previous text this often
+    spec_augment: SpecAugment = dataclasses.field(default_factory=SpecAugment)  # in training
     long_labels: Literal["drop", "truncate"] = "drop"
     features_on: Literal["device", "host"] = "device"  # where the log-mel is computed
     cache_encoder_outputs: bool = False  # keep the frozen encoder's outputs in host memory
@@ -313,6 +317,13 @@ def validate(config: Config) -> None:
     _require(config.data.max_label_length >= 8, "data.max_label_length must be at least 8")
     _require(config.data.label_bucket >= 0, "data.label_bucket must be >= 0 (0: no buckets)")
     _require(config.data.length_groups >= 1, "data.length_groups must be >= 1")
+    for name in ("timestamp_probability", "condition_on_prev_probability"):
+        _require(0.0 <= getattr(config.data, name) <= 1.0, f"data.{name} must be in [0, 1]")
+    _require(
+        not (config.data.spec_augment.enabled and config.data.cache_encoder_outputs),
+        "data.spec_augment masks the encoder's input anew every step: it cannot be combined "
+        "with data.cache_encoder_outputs (set one of them to false)",
+    )
 
 
 def dump_yaml(config: Config) -> str:

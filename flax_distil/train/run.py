@@ -19,7 +19,15 @@ import jax.numpy as jnp
 import yaml
 
 from flax_distil import parallel
-from flax_distil.data import Batches, BatchSpec, ExampleFilter, ExampleStream, Source
+from flax_distil.data import (
+    Batches,
+    BatchSpec,
+    ExampleFilter,
+    ExampleStream,
+    Labeller,
+    LabelSpec,
+    Source,
+)
 from flax_distil.errors import FlaxDistilError
 from flax_distil.tokenizer import decoder_prompt
 from flax_distil.train import flops
@@ -88,6 +96,7 @@ def step_settings(config: Config, num_mel_bins: int) -> StepSettings:
         microbatches=config.train.microbatches,
         dropout=config.model.dropout,
         num_mel_bins=num_mel_bins,
+        spec_augment=config.data.spec_augment,
     )
 
 
@@ -161,16 +170,26 @@ def train_batches(run: Run) -> Batches:
         limits=example_limits(run.config),
         max_skip_ratio=data.max_skip_ratio,
     )
+    labeller = Labeller(
+        run.student_checkpoint.tokenizer,
+        run.student_checkpoint.config.is_multilingual,
+        LabelSpec(
+            max_label_length=data.max_label_length,
+            long_labels=data.long_labels,
+            timestamp_probability=data.timestamp_probability,
+            condition_on_prev_probability=data.condition_on_prev_probability,
+            language=data.language,
+            seed=data.seed,
+        ),
+    )
     spec = BatchSpec(
         batch_size=host_batch,
-        max_label_length=data.max_label_length,
         label_bucket=data.label_bucket,
         length_groups=data.length_groups,
-        long_labels=data.long_labels,
         features_on=data.features_on,
         num_mel_bins=run.settings.num_mel_bins,
     )
-    return Batches(stream, run.student_checkpoint.tokenizer, run.prompt, spec, data.prefetch)
+    return Batches(stream, labeller, spec, data.prefetch)
 
 
 def batch_shapes(run: Run, batch: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:

@@ -26,9 +26,11 @@ from flax import nnx
 from flax_distil.audio import log_mel
 from flax_distil.errors import FlaxDistilError
 from flax_distil.parallel import batch_sharding, replicated, state_shardings
+from flax_distil.train.augment import SpecAugment, spec_augment
 from flax_distil.train.losses import distillation_sums
 
 SUMS = ("objective", "ce", "kl")
+_SPEC_AUGMENT_KEY = 1 << 20  # folded into the step's key: a stream apart from dropout's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ class StepSettings:
     microbatches: int = 1
     dropout: float = 0.0
     num_mel_bins: int = 80
+    spec_augment: SpecAugment = dataclasses.field(default_factory=SpecAugment)
 
 
 @dataclasses.dataclass
@@ -161,6 +164,9 @@ def _loss_sums(graphs, settings: StepSettings, trainable, frozen, batch, rng, tr
         encoder_out, features = batch["encoder_out"], None
     else:
         features = features_of(batch, settings.num_mel_bins)
+        if training and settings.spec_augment.enabled:  # one masked input for both models
+            key = jax.random.fold_in(rng, _SPEC_AUGMENT_KEY)
+            features = spec_augment(features, key, settings.spec_augment)
         encoder_out = student.encode(features)
     if "encoder" in frozen:
         encoder_out = jax.lax.stop_gradient(encoder_out)
