@@ -10,10 +10,14 @@ dataset for the teacher (greedy, then speculative with the student drafting) and
 - `<dataset>_wer_vs_speed.png`, and `<dataset>_wer_vs_snr.png` when noise levels are given;
 - `<dataset>/teacher/` and `<dataset>/student/`: each run's `metrics.json` and predictions;
 - `compare.json`: every metric of every run.
+A dataset with clips over 30 s also gets a long-form table (those clips alone, in the mode of
+`options.long_form`). `long_form_comparison` scores several models in both long-form modes on
+one set of long recordings (the demo's long-form stage, `run_scripts/ablation_longform.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -30,6 +34,7 @@ from flax_distil.evaluate import (
     load_eval_set,
     percent,
 )
+from flax_distil.generation.options import LONG_FORM_MODES
 from flax_distil.generation.transcriber import Transcriber
 
 TEACHER_COLOUR, STUDENT_COLOUR, SPECULATIVE_COLOUR = "#1f77b4", "#d62728", "#2ca02c"
@@ -191,6 +196,52 @@ def _table(runs: dict, teacher: str, student: str) -> list[str]:
     return lines
 
 
+def long_form_table(runs: list[tuple[str, dict]]) -> list[str]:
+    """Markdown rows of (label, evaluate metrics) over their clips of more than 30 s."""
+    lines = [
+        "| model | long-form | WER | insertions (IER) | deletions (DER) | repeated 5-grams "
+        "| worst file | windows decoded again / skipped | RTFx |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run in runs:
+        long_form = run["long_form"]
+        files = long_form["files"]
+        worst = max((f["wer"] for f in files if f["wer"] is not None), default=None)
+        windows = (
+            f"{sum(f['fallback_windows'] for f in files)} / "
+            f"{sum(f['skipped_windows'] for f in files)} of {sum(f['windows'] for f in files)}"
+            if "windows" in files[0]
+            else "-"
+        )
+        lines.append(
+            f"| {label} | {long_form['mode']} | {percent(long_form['wer'])} "
+            f"| {percent(long_form['insertion_error_rate'])} "
+            f"| {percent(long_form['deletion_error_rate'])} "
+            f"| {long_form['repeated_5gram_count']} | {percent(worst)} | {windows} "
+            f"| {run['rtfx']:.1f} |"
+        )
+    return lines
+
+
+def long_form_comparison(
+    models: Mapping[str, Transcriber], data: EvalSet, options: EvaluateOptions, output_dir
+) -> tuple[list[str], dict]:
+    """Every model (without an assistant) in both long-form modes on `data` (recordings over
+    30 s): the markdown table, and every run's metrics (also written under `output_dir`, as
+    `<model>/<mode>/`)."""
+    if not any(len(clip) > 30 * 16000 for clip in data.audio):
+        raise FlaxDistilError(f"{data.name}: no recording over 30 s to compare long-form on")
+    runs, labelled = {}, []
+    for name, transcriber in models.items():
+        for mode in LONG_FORM_MODES:
+            settings = dataclasses.replace(options, long_form=mode)
+            directory = Path(output_dir) / _slug(name) / mode
+            run = evaluate(transcriber, data, settings, directory, model_name=name)
+            runs[f"{name} {mode}"] = run
+            labelled.append((name, run))
+    return long_form_table(labelled), runs
+
+
 def _speculative_line(t: dict) -> str:
     if t["speculative_identical"]:
         n = t["num_samples"]
@@ -271,6 +322,15 @@ def _report(teacher, student, results, options, output, num_examples) -> str:
                     f"on {run['num_hit_max_new_tokens']} of {run['num_samples']} short clips "
                     "(unfinished, often looping, output; its speed is then not comparable)."
                 )
+        if t["long_form"]:
+            lines += [
+                f"Clips over 30 s alone ({t['long_form']['mode']} long-form):",
+                "",
+                *long_form_table(
+                    [(f"teacher `{teacher}`", t), (f"student `{student}`", runs["student"])]
+                ),
+                "",
+            ]
         lines += [_speculative_line(t), ""]
         lines.append(f"![WER vs speed]({result['plots'][0]})")
         if options.noise:

@@ -4,19 +4,25 @@
 
 `evaluate(transcriber, source, options, output_dir)` reads every row of a `SourceSpec` (rows whose
 audio or label cannot be used are counted by reason and listed; the rest are scored), transcribes
-the clips in batches (clips over 30 s with chunked long-form decoding), and returns the dict it
-writes to `output_dir/metrics.json`, next to `predictions.jsonl` (one line per scored row).
+the clips in batches (clips over 30 s with chunked or sequential long-form decoding), and
+returns the dict it writes to `output_dir/metrics.json`, next to `predictions.jsonl` (one line
+per scored row).
 The decoded audio is held in memory (about 230 MB per hour of audio).
 
 Metrics (fractions, not percent): `wer` on Whisper-normalised text, `wer_orthographic` on the raw
 text, the WER's `insertion_error_rate`, `substitution_error_rate` and `deletion_error_rate`, and
 `repeated_5gram_count` (5-Dup), defined in `flax_distil.metrics`; `num_hit_max_new_tokens`
 counts the short-form clips whose decoding was cut off at `max_new_tokens` (often looping).
+With clips over 30 s, `long_form` scores them apart (the same metrics, the mode, and per file:
+its WER and, sequential, its windows, those decoded again at a higher temperature and those
+skipped as silence): long audio is where a model drops or repeats whole passages.
 
 Timing: `wall_seconds` covers everything from decoded 16 kHz audio in memory to text: log-mel,
 decoding and detokenising, for every clip (reading and decoding audio files is excluded, as in
 the Open ASR leaderboard's RTFx). Before each timed pass a warm-up runs every batch shape the pass
-will use, so no compilation is timed; it is reported apart as `compile_seconds`.
+will use, so no compilation is timed (sequential long-form: the warm-up decodes the shortest long
+clip once, which compiles the prompt widths it reaches); it is reported apart as
+`compile_seconds`.
 `rtfx = audio_seconds / wall_seconds`.
 
 With an assistant (draft model) the data is decoded twice in the same run: greedy, then
@@ -44,7 +50,7 @@ from flax_distil.audio import N_SAMPLES, SAMPLE_RATE
 from flax_distil.data.eval_set import EvalSet, load_eval_set
 from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
-from flax_distil.generation import DecodeOptions, Transcriber
+from flax_distil.generation import DecodeOptions, Fallback, Transcriber
 from flax_distil.generation.longform import chunk_starts
 from flax_distil.generation.transcripts import short_batches
 from flax_distil.metrics import (
@@ -70,7 +76,9 @@ class EvaluateOptions:
     snr_db: tuple[float, ...] = ()
     seed: int = 0
     max_samples: int | None = None  # the first N rows of the dataset only
-    chunk_seconds: float = 15.0  # long-form window
+    chunk_seconds: float = 15.0  # chunked long-form window
+    long_form: str = "chunked"  # or "sequential"
+    fallback: Fallback = dataclasses.field(default_factory=Fallback)  # sequential long-form
 
     def __post_init__(self):
         self.snr_db = tuple(float(s) for s in self.snr_db)
@@ -89,14 +97,15 @@ class EvaluateOptions:
             raise FlaxDistilError("--noise and --snr go together (e.g. --noise white --snr 10,5,0)")
 
     def decoding(self, num_draft: int) -> DecodeOptions:
-        """How each pass decodes: greedy (num_draft 0) or speculative; long clips chunked."""
+        """How each pass decodes: greedy (num_draft 0) or speculative."""
         return DecodeOptions(
             batch_size=self.batch_size,
             max_new_tokens=self.max_new_tokens,
             language=self.language,
             num_draft=num_draft,
-            long_form="chunked",
+            long_form=self.long_form,
             chunk_seconds=self.chunk_seconds,
+            fallback=self.fallback,
         )
 
 
@@ -104,6 +113,7 @@ class EvaluateOptions:
 class _Pass:
     texts: list[str]
     tokens: list[list[int]]
+    windows: list[list[dict] | None]  # sequential long-form: each clip's windows
     wall_seconds: float
     verifications: int = 0
     accepted_drafts: int = 0
@@ -114,6 +124,8 @@ def _batch_sizes(audio: list[np.ndarray], options: EvaluateOptions) -> set[int]:
     """Every batch size a pass decodes: its short-clip batches and each long clip's batches of
     chunked windows (default stride: chunk / 6), so a warm-up compiles exactly those."""
     sizes = {len(batch) for batch in short_batches(audio, options.batch_size)}
+    if options.long_form == "sequential":
+        return sizes
     chunk = int(options.chunk_seconds * SAMPLE_RATE)
     for clip in audio:
         if len(clip) > N_SAMPLES:
@@ -131,6 +143,9 @@ def _warm_up(transcriber, audio, options, num_draft: int) -> float:
     decoding = options.decoding(num_draft)
     for size in sorted(_batch_sizes(audio, options)):
         transcriber.transcribe([sample] * size, dataclasses.replace(decoding, batch_size=size))
+    long = [clip for clip in audio if len(clip) > N_SAMPLES]
+    if long and options.long_form == "sequential":
+        transcriber.transcribe([min(long, key=len)], decoding)
     return time.perf_counter() - started
 
 
@@ -140,6 +155,7 @@ def _transcribe(transcriber, audio, options, num_draft: int, desc: str) -> _Pass
     return _Pass(
         texts=[t.text for t in transcripts],
         tokens=[t.tokens for t in transcripts],
+        windows=[t.windows for t in transcripts],
         wall_seconds=time.perf_counter() - started,
         verifications=sum(t.verifications for t in transcripts),
         accepted_drafts=sum(t.accepted_drafts for t in transcripts),
@@ -152,6 +168,29 @@ def _speed(audio_seconds: float, wall_seconds: float) -> dict:
         "wall_seconds": wall_seconds,
         "rtfx": audio_seconds / wall_seconds if wall_seconds > 0 else None,
     }
+
+
+def _long_form_metrics(data: EvalSet, run: _Pass, mode: str) -> dict | None:
+    """The metrics of the clips over 30 s alone, and each one's WER and windows."""
+    long = [i for i, clip in enumerate(data.audio) if len(clip) > N_SAMPLES]
+    if not long:
+        return None
+    files = []
+    for i in long:
+        reference, windows = data.references[i], run.windows[i]
+        row = {
+            "id": data.ids[i],
+            "seconds": round(len(data.audio[i]) / SAMPLE_RATE, 3),
+            "wer": word_error_rate([reference], [run.texts[i]]) if normalize(reference) else None,
+        }
+        if windows is not None:
+            row["windows"] = len(windows)
+            row["fallback_windows"] = sum(w["attempts"] > 1 for w in windows)
+            row["skipped_windows"] = sum(w["skipped"] for w in windows)
+        files.append(row)
+    references = [data.references[i] for i in long]
+    predictions = [run.texts[i] for i in long]
+    return {"mode": mode, **transcript_metrics(references, predictions), "files": files}
 
 
 def _prediction_rows(data: EvalSet, texts: list[str], extra: list[dict] | None = None):
@@ -207,6 +246,7 @@ def evaluate(
         **transcript_metrics(data.references, greedy.texts),
         **_speed(seconds, greedy.wall_seconds),
         "num_hit_max_new_tokens": greedy.hit_token_limit,
+        "long_form": _long_form_metrics(data, greedy, options.long_form),
         "compile_seconds": None,
         "num_parameters": count_parameters(transcriber.state),
         "batch_size": options.batch_size,
@@ -281,6 +321,15 @@ def summary(metrics: dict) -> str:
         lines.append(
             f"speculative: output {same}, {metrics['speculative_speedup']:.2f}x greedy speed, "
             f"{metrics['mean_accepted_tokens']:.2f} draft tokens accepted per verification"
+        )
+    long_form = metrics.get("long_form")
+    if long_form:
+        files = long_form["files"]
+        lines.append(
+            f"{len(files)} clips over 30 s ({long_form['mode']} long-form): WER "
+            f"{percent(long_form['wer'])}, "
+            f"insertions {percent(long_form['insertion_error_rate'])}, "
+            f"repeated 5-grams {long_form['repeated_5gram_count']}"
         )
     for result in metrics.get("noise", {}).get("results", []):
         lines.append(

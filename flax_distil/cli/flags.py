@@ -59,6 +59,55 @@ def add_decoding_flags(parser: argparse.ArgumentParser, batch_size: int) -> None
     )
 
 
+def add_long_form_flags(parser: argparse.ArgumentParser, default_mode: str) -> None:
+    """Long-form decoding (clips over 30 s) and sequential long-form's temperature fallback."""
+    parser.add_argument(
+        "--long-form",
+        choices=["chunked", "sequential"],
+        help=f"for clips over 30 s: overlapping 15 s windows, or OpenAI's sequential decoding "
+        f"with timestamps, previous text and temperature fallback (default: {default_mode})",
+    )
+    parser.add_argument(
+        "--temperatures",
+        type=comma_separated(float, "temperatures"),
+        help="sequential: temperature fallback (default 0,0.2,0.4,0.6,0.8,1.0; 0: never sample)",
+    )
+    parser.add_argument(
+        "--compression-ratio-threshold",
+        type=float,
+        default=2.4,
+        help="sequential: decode again, hotter, above this zlib ratio of the text (default 2.4)",
+    )
+    parser.add_argument(
+        "--logprob-threshold",
+        type=float,
+        default=-1.0,
+        help="sequential: decode again, hotter, below this mean log-probability (default -1)",
+    )
+    parser.add_argument(
+        "--no-speech-threshold",
+        type=float,
+        default=0.6,
+        help="sequential: skip a window as silence above this <|nospeech|> probability when "
+        "its mean log-probability is below --logprob-threshold (default 0.6)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling (and noise)")
+
+
+def fallback_of(args: argparse.Namespace):
+    """The `Fallback` of the long-form flags."""
+    from flax_distil.generation import Fallback
+
+    temperatures = {"temperatures": tuple(args.temperatures)} if args.temperatures else {}
+    return Fallback(
+        **temperatures,
+        compression_ratio_threshold=args.compression_ratio_threshold,
+        logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold,
+        seed=args.seed,
+    )
+
+
 def add_draft_flags(parser: argparse.ArgumentParser) -> None:
     """How the assistant (draft model) drafts in speculative decoding."""
     parser.add_argument("--num-draft", type=int, default=5, help="draft tokens per verification")

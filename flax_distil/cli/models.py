@@ -9,7 +9,9 @@ import time
 from flax_distil.cli.flags import (
     add_decoding_flags,
     add_draft_flags,
+    add_long_form_flags,
     comma_separated,
+    fallback_of,
     model_sources,
 )
 
@@ -107,11 +109,7 @@ def add_transcribe(commands) -> None:
     add_draft_flags(parser)
     add_decoding_flags(parser, batch_size=8)
     parser.add_argument("--timestamps", action="store_true", help="timestamped segments")
-    parser.add_argument(
-        "--long-form",
-        choices=["chunked", "sequential"],
-        help="for clips over 30 s (default: chunked, or sequential with --timestamps)",
-    )
+    add_long_form_flags(parser, default_mode="chunked, or sequential with --timestamps")
     parser.add_argument("--output-json", help="write results to this JSON file")
     parser.set_defaults(handler=transcribe)
 
@@ -128,6 +126,7 @@ def transcribe(args: argparse.Namespace) -> int:
         timestamps=args.timestamps,
         language=args.language,
         long_form=args.long_form,
+        fallback=fallback_of(args),
         num_draft=args.num_draft if args.assistant else 0,
     )
     transcriber = Transcriber.load(

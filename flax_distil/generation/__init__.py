@@ -7,13 +7,15 @@ texts = [t.text for t in transcripts]
 """
 
 from flax_distil.generation.greedy import Generated, greedy_decode
+from flax_distil.generation.options import DecodeOptions, Fallback
 from flax_distil.generation.rules import LogitRules, apply_rules
 from flax_distil.generation.speculative import speculative_decode
 from flax_distil.generation.transcriber import Transcriber, default_dtype
-from flax_distil.generation.transcripts import DecodeOptions, Transcript
+from flax_distil.generation.transcripts import Transcript
 
 __all__ = [
     "DecodeOptions",
+    "Fallback",
     "Generated",
     "LogitRules",
     "Transcriber",

@@ -1,4 +1,5 @@
-"""Batched greedy decoding in one `jax.jit`: prefill the prompt, then a `lax.while_loop`.
+"""Batched greedy (or sampled) decoding in one `jax.jit`: prefill the prompt, then a
+`lax.while_loop`.
 
 The model enters as NNX (graphdef, state): the graphdef and the `LogitRules` are static, so a
 jitted program exists per (model structure, rules, batch size, prompt length, max new tokens)
@@ -79,6 +80,8 @@ def greedy_decode(
     encoder_out: jax.Array,
     prompt: jax.Array,
     prompt_start: jax.Array | None = None,
+    key: jax.Array | None = None,
+    temperature: jax.Array | float = 1.0,
     *,
     rules: LogitRules,
     max_new_tokens: int,
@@ -87,7 +90,9 @@ def greedy_decode(
     """Greedy tokens [B, max_new_tokens] after prompt [B, P]; end-of-text pads finished rows.
 
     Prompts of different lengths are left-padded to P, with prompt_start [B] the index of each
-    row's first token (None: every prompt fills P); padding never affects a row's tokens."""
+    row's first token (None: every prompt fills P); padding never affects a row's tokens.
+    With a PRNG `key`, each token is sampled instead, from the rule-masked softmax at
+    `temperature` (the step's key is `fold_in(key, step)`: reproducible for a key)."""
     model = nnx.merge(graphdef, state)
     batch, prompt_length = prompt.shape
     total = prompt_length + max_new_tokens
@@ -107,7 +112,12 @@ def greedy_decode(
         last = jnp.take_along_axis(tokens, position[:, None], axis=1)
         logits, cache = model.decode_step(last, cache, position, first=prompt_start)
         scores = apply_rules(logits[:, 0], tokens, position + 1, prompt_length, rules)
-        chosen = jnp.where(done, eos, jnp.argmax(scores, axis=-1).astype(jnp.int32))
+        if key is None:
+            chosen = jnp.argmax(scores, axis=-1)
+        else:
+            step_key = jax.random.fold_in(key, step)
+            chosen = jax.random.categorical(step_key, scores / temperature, axis=-1)
+        chosen = jnp.where(done, eos, chosen.astype(jnp.int32))
         tokens = jax.lax.dynamic_update_slice(tokens, chosen[:, None], (0, prompt_length + step))
         return step + 1, tokens, cache, done | (chosen == eos)
 

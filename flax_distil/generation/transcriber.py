@@ -21,13 +21,15 @@ import numpy as np
 from flax import nnx
 
 from flax_distil import parallel
-from flax_distil.audio import batch_audio, log_mel
+from flax_distil.audio import log_mel
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation.batching import bucket_rows, pad_prompts, pad_rows
 from flax_distil.generation.greedy import Generated, encode, generated_lengths, greedy_decode
+from flax_distil.generation.options import DecodeOptions
 from flax_distil.generation.rules import LogitRules
+from flax_distil.generation.scoring import score_tokens
 from flax_distil.generation.speculative import speculative_decode
-from flax_distil.generation.transcripts import DecodeOptions, Transcript, transcribe_clips
+from flax_distil.generation.transcripts import Transcript, transcribe_clips
 from flax_distil.tokenizer import (
     DEFAULT_MAX_NEW_TOKENS,
     SECONDS_PER_TIMESTAMP,
@@ -168,11 +170,9 @@ class Transcriber:
             prompts[:, 1] = parallel.gather_rows(detected)
         return prompts
 
-    def start_tokens(
-        self, audio: np.ndarray, *, language=None, task="transcribe", timestamps=False
-    ):
+    def start_tokens(self, features, *, language=None, task="transcribe", timestamps=False):
         """The decoder's start tokens for one clip; a multilingual model without a language
-        detects it from the clip's first 30 s."""
+        detects it from the clip's first window of features [mels, 3000]."""
         if not (self.config.is_multilingual and language is None):
             multilingual = self.config.is_multilingual
             return decoder_prompt(
@@ -182,19 +182,18 @@ class Transcriber:
                 task=task,
                 timestamps=timestamps,
             )
-        rows = bucket_rows(1, self.mesh.devices.size)
-        features = log_mel(
-            self.place_rows(pad_rows(batch_audio([audio]), rows)), self.config.num_mel_bins
-        )
-        encoder_out = self.encode(features)
+        encoder_out = self.encode_rows(np.asarray(features)[None])
         return self.prompts(encoder_out, task=task, timestamps=timestamps)[0].tolist()
+
+    def encode_rows(self, features) -> jax.Array:
+        """Encoder output of features [B, mels, 3000], rows padded to a bucket and split over
+        the mesh (the first B rows are the features')."""
+        rows = bucket_rows(len(features), self.mesh.devices.size)
+        return self.encode(self.place_rows(pad_rows(np.asarray(features), rows)))
 
     def generate(self, features, **decoding) -> Generated:
         """Tokens for features [B, mels, 3000] (see `decode` for the options)."""
-        batch = len(features)
-        rows = bucket_rows(batch, self.mesh.devices.size)
-        placed = self.place_rows(pad_rows(np.asarray(features), rows))
-        return self.decode(self.encode(placed), batch, **decoding)
+        return self.decode(self.encode_rows(features), len(features), **decoding)
 
     def generate_audio(self, audio: np.ndarray, **decoding) -> Generated:
         """Tokens for 30 s windows of audio [B, 480000]: the log-mel is computed on the mesh."""
@@ -215,23 +214,19 @@ class Transcriber:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         num_draft: int = 0,
         prompts: list[list[int]] | None = None,
+        temperature: float = 0.0,
+        key: jax.Array | None = None,
     ) -> Generated:
         """Tokens of the first `batch` rows of `encoder_out` (padded rows after them);
         speculative when num_draft > 0 and an assistant is loaded, with identical output.
         `prompts`: each row's own decoder prompt (any lengths; e.g. <|startofprev|> + previous
         text + start tokens) instead of the start tokens built from language, task and
-        timestamps."""
-        rows = encoder_out.shape[0]
-        prompt_start = None
+        timestamps. `temperature` > 0: sampled with the PRNG `key` (never speculative)."""
         if prompts is None:
             prompts = self.prompts(encoder_out, language=language, task=task, timestamps=timestamps)
+            prompt_start = None
         else:
-            padded, prompt_start = pad_prompts(
-                [list(p) for p in prompts], self.config.max_target_positions
-            )
-            prompts = pad_rows(padded, rows)
-            if prompt_start is not None:
-                prompt_start = self.place_rows(pad_rows(prompt_start, rows))
+            prompts, prompt_start = self._padded_prompts(prompts, encoder_out.shape[0])
         limit = self.max_new_tokens_limit(prompts.shape[1], num_draft)
         if not 0 < max_new_tokens <= limit:
             raise FlaxDistilError(f"max_new_tokens must be between 1 and {limit}")
@@ -239,7 +234,20 @@ class Transcriber:
         decoding = dict(rules=rules, max_new_tokens=max_new_tokens, rows=self.row_sharding)
         prompts = self.place_rows(prompts)
         verifications = accepted = None
-        if num_draft and self.assistant is not None:
+        if temperature > 0:
+            if key is None:
+                raise FlaxDistilError("sampling at a temperature above 0 needs a PRNG key")
+            tokens = greedy_decode(
+                self.graphdef,
+                self.state,
+                encoder_out,
+                prompts,
+                prompt_start,
+                key,
+                jnp.float32(temperature),
+                **decoding,
+            )
+        elif num_draft and self.assistant is not None:
             tokens, verifications, accepted = speculative_decode(
                 self.graphdef,
                 self.state,
@@ -264,6 +272,39 @@ class Transcriber:
             verifications=verifications,
             accepted_drafts=accepted,
         )
+
+    def _padded_prompts(self, prompts: list[list[int]], rows: int):
+        """Prompts left-padded to one width and padded to `rows` rows, with each row's first
+        real slot (placed on the mesh; None when no row needed padding)."""
+        padded, prompt_start = pad_prompts(
+            [list(p) for p in prompts], self.config.max_target_positions
+        )
+        if prompt_start is not None:
+            prompt_start = self.place_rows(pad_rows(prompt_start, rows))
+        return pad_rows(padded, rows), prompt_start
+
+    def score(
+        self, encoder_out: jax.Array, prompts: list[list[int]], generated: Generated, start_count
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each of `generated`'s rows (decoded with timestamps after `prompts`): the sum of
+        its tokens' log-probabilities, the tokens scored and the no-speech probability (see
+        `scoring.py`); `start_count`: how many start tokens end each prompt."""
+        rows = encoder_out.shape[0]
+        prompts, prompt_start = self._padded_prompts(prompts, rows)
+        tokens = self.place_rows(pad_rows(generated.tokens, rows))
+        scores = score_tokens(
+            self.graphdef,
+            self.state,
+            encoder_out,
+            self.place_rows(prompts),
+            prompt_start,
+            tokens,
+            rules=self.rules(timestamps=True),
+            start_count=start_count,
+            rows=self.row_sharding,
+        )
+        batch = len(generated.tokens)
+        return tuple(parallel.gather_rows(score)[:batch] for score in scores)
 
     def max_new_tokens_limit(self, prompt_slots: int, num_draft: int = 0) -> int:
         """The most tokens a row can generate after `prompt_slots` prompt slots (speculative

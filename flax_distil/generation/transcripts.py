@@ -17,52 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_distil.audio import N_SAMPLES, batch_audio
-from flax_distil.errors import FlaxDistilError
-from flax_distil.generation.longform import transcribe_chunked, transcribe_sequential
-from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
-
-LONG_FORM_MODES = ("chunked", "sequential")
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeOptions:
-    """How clips are decoded. `long_form` (clips over 30 s): chunked or sequential; by default
-    sequential with timestamps, chunked without."""
-
-    batch_size: int = 8
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    language: str | None = None  # multilingual models detect it (per clip) when None
-    task: str = "transcribe"
-    timestamps: bool = False
-    num_draft: int = 0  # > 0 with an assistant: speculative decoding (identical output)
-    long_form: str | None = None
-    chunk_seconds: float = 15.0  # chunked long-form window
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise FlaxDistilError("--batch-size must be at least 1")
-        if self.max_new_tokens < 1:
-            raise FlaxDistilError("--max-new-tokens must be at least 1")
-        if self.num_draft < 0:
-            raise FlaxDistilError("--num-draft must be >= 0")
-        if self.long_form not in (None, *LONG_FORM_MODES):
-            raise FlaxDistilError(f"--long-form must be one of {', '.join(LONG_FORM_MODES)}")
-        if self.timestamps and self.long_form == "chunked":
-            raise FlaxDistilError(
-                "chunked long-form gives no timestamps; use --long-form sequential"
-            )
-
-    @property
-    def long_form_mode(self) -> str:
-        return self.long_form or ("sequential" if self.timestamps else "chunked")
-
-    def generate_kwargs(self) -> dict:
-        return dict(
-            language=self.language,
-            task=self.task,
-            max_new_tokens=self.max_new_tokens,
-            num_draft=self.num_draft,
-        )
+from flax_distil.generation.longform import transcribe_chunked
+from flax_distil.generation.options import DecodeOptions
+from flax_distil.generation.sequential import transcribe_sequential
 
 
 @dataclasses.dataclass
@@ -70,6 +27,7 @@ class Transcript:
     text: str
     tokens: list[int]  # without the prompt and end-of-text (timestamps kept)
     segments: list[dict] | None = None  # with timestamps: {"start", "end", "text"}
+    windows: list[dict] | None = None  # sequential long-form: each window's decoding
     finished: bool = True  # decoding reached end-of-text within max_new_tokens
     verifications: int = 0  # speculative decoding: teacher verifications
     accepted_drafts: int = 0  # speculative decoding: draft tokens kept
@@ -121,21 +79,21 @@ def transcribe_clips(
 
 def _long_form(transcriber, clip: np.ndarray, options: DecodeOptions) -> Transcript:
     started = time.perf_counter()
-    kwargs = options.generate_kwargs()
     if options.long_form_mode == "sequential":
-        out = transcribe_sequential(transcriber, clip, **kwargs)
+        out = transcribe_sequential(transcriber, clip, options)
     else:
         out = transcribe_chunked(
             transcriber,
             clip,
             chunk_seconds=options.chunk_seconds,
             batch_size=options.batch_size,
-            **kwargs,
+            **options.generate_kwargs(),
         )
     return Transcript(
         text=out["text"],
         tokens=out["tokens"],
         segments=out.get("segments") if options.timestamps else None,
+        windows=out.get("windows"),
         verifications=out.get("verifications", 0),
         accepted_drafts=out.get("accepted_drafts", 0),
         seconds=time.perf_counter() - started,

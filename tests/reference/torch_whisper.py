@@ -7,6 +7,7 @@ they call this script as a subprocess instead. It never imports flax_distil.
     python torch_whisper.py forward MODEL_DIR INPUTS_NPZ OUT_NPZ
     python torch_whisper.py generate MODEL_DIR INPUTS_NPZ OUT_NPZ
     python torch_whisper.py logit-rules MODEL_DIR INPUTS_NPZ OUT_NPZ
+    python torch_whisper.py long-form MODEL_DIR INPUTS_NPZ OUT_JSON
 """
 
 import json
@@ -71,6 +72,75 @@ def generate(model_dir: str, inputs_npz: str, out_npz: str) -> None:
     np.savez(out_npz, tokens=sequences.numpy())
 
 
+def long_form(model_dir: str, inputs_npz: str, out_json: str) -> None:
+    """Sequential long-form `generate` (timestamps, previous-text conditioning, temperature
+    fallback, no-speech skipping) on one recording: its segments, and every fallback decision
+    with the statistics it was made on (average log-probability, no-speech probability)."""
+    from transformers import WhisperFeatureExtractor
+    from transformers.generation.logits_process import WhisperNoSpeechDetection
+    from transformers.models.whisper import generation_whisper
+
+    inputs = np.load(inputs_npz)
+    torch.set_num_threads(2)
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
+    audio = inputs["audio"]
+    features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)(
+        audio,
+        sampling_rate=16000,
+        return_tensors="pt",
+        truncation=False,
+        padding="longest",
+        return_attention_mask=True,
+    )
+    decisions, average = [], {}
+    mixin = generation_whisper.WhisperGenerationMixin
+    plain_average, plain_need_fallback = mixin._retrieve_avg_logprobs, mixin._need_fallback
+
+    def recording_average(scores, tokens, temperature):
+        average["value"] = float(plain_average(scores, tokens, temperature))
+        return average["value"]
+
+    def recording_need_fallback(self, sequence, outputs, index, processors, config, *rest):
+        temperature = rest[-1]
+        needs, skip = plain_need_fallback(self, sequence, outputs, index, processors, config, *rest)
+        no_speech = generation_whisper._get_attr_from_logit_processors(
+            processors, WhisperNoSpeechDetection, "no_speech_prob"
+        )
+        decisions.append(
+            {
+                "temperature": float(temperature),
+                "avg_logprob": average.get("value"),
+                "no_speech_prob": float(no_speech[index]),
+                "fallback": bool(needs),
+                "skip": bool(skip),
+                "tokens": [int(t) for t in sequence],
+            }
+        )
+        return needs, skip
+
+    mixin._retrieve_avg_logprobs = staticmethod(recording_average)
+    mixin._need_fallback = recording_need_fallback
+    with torch.no_grad():
+        out = model.generate(
+            input_features=features.input_features,
+            attention_mask=features.attention_mask,
+            return_timestamps=True,
+            condition_on_prev_tokens=True,
+            temperature=tuple(float(t) for t in inputs["temperatures"]),
+            compression_ratio_threshold=float(inputs["compression_ratio_threshold"]),
+            logprob_threshold=float(inputs["logprob_threshold"]),
+            no_speech_threshold=float(inputs["no_speech_threshold"]),
+            return_segments=True,
+            do_sample=False,
+        )
+    segments = [
+        {"start": float(s["start"]), "end": float(s["end"]), "tokens": s["tokens"].tolist()}
+        for s in out["segments"][0]
+    ]
+    with open(out_json, "w") as handle:
+        json.dump({"segments": segments, "decisions": decisions}, handle)
+
+
 def logit_rules(model_dir: str, inputs_npz: str, out_npz: str) -> None:
     """Whisper's generate-time logits processors (begin-suppress, suppress, timestamps) applied
     to given scores after given token histories (all histories of one length per key)."""
@@ -108,5 +178,6 @@ if __name__ == "__main__":
         "forward": forward,
         "generate": generate,
         "logit-rules": logit_rules,
+        "long-form": long_form,
     }
     commands[command](*args)
