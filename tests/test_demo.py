@@ -44,6 +44,12 @@ def test_demo_runs_every_stage_learns_and_resumes(tmp_path, capsys):
     comparison = json.loads((workdir / "report" / "compare.json").read_text())
     teacher = comparison["heldout"]["runs"]["teacher"]
     assert teacher["speculative_identical"] is True and teacher["num_samples"] == 8
+    # The held-out sentences joined into one recording, decoded both ways by both models.
+    assert "## Long-form: 1 recordings" in report
+    for model in ("teacher", "student"):
+        for mode in ("sequential", "chunked"):
+            assert f"| {model} | {mode} |" in report
+            assert result["long_form"][f"{model} {mode}"] is not None
 
     features, tokens = np.zeros((1, 80, 3000), np.float32), np.array([[50257]])
     _, _, info = torch_forward(workdir / "train" / "student", features, tokens, tmp_path)
@@ -53,8 +59,9 @@ def test_demo_runs_every_stage_learns_and_resumes(tmp_path, capsys):
     before = files_in(workdir)
     assert run_demo(workdir, options) == result  # the recorded results, timings included
     rerun = capsys.readouterr().out
-    assert rerun.count("done earlier") == 6, rerun
-    for stage in ("speech", "pack", "pseudo-label", "create-student", "train", "compare"):
+    stages = ("speech", "pack", "pseudo-label", "create-student", "train", "compare", "long-form")
+    assert rerun.count("done earlier") == len(stages), rerun
+    for stage in stages:
         assert f"[{stage}] done earlier" in rerun, stage
     assert files_in(workdir) == before  # nothing redone: no file written, changed or removed
 

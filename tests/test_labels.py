@@ -61,6 +61,12 @@ def test_previous_text_prompt_is_cut_and_carries_no_loss(tokenizer):
     assert labelled.prompt[16] == special.start_of_transcript
     never = labeller(tokenizer, condition_on_prev_probability=0.0).label(row, epoch=0)
     assert never.prompt[0] == special.start_of_transcript
+    # The prompt yields to the label: 21 label tokens leave 32 - 4 - 21 - 1 = 6 for the text.
+    long_row = example(tokenizer, previous=previous, timestamps=False)
+    long_row.token_ids = row.token_ids * 7  # 21 tokens
+    squeezed = labeller(tokenizer, condition_on_prev_probability=1.0).label(long_row, epoch=0)
+    assert squeezed.prompt[1:-4] == before[-6:] and squeezed.tokens == long_row.token_ids
+    assert len(squeezed.prompt) + len(squeezed.tokens) == 32
     # The prompt's positions carry no weight: logits there change neither CE nor KL.
     eos = special.end_of_text
     inputs, labels, mask = label_arrays(labelled.prompt, labelled.tokens, eos, 32)

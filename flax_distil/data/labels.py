@@ -9,8 +9,9 @@
 - Previous text: with probability `condition_on_prev_probability`, an example with a previous
   text (the window before it in the same recording or speaker: `flax-distil pack` writes it)
   gets the prompt <|startofprev|> + that text's tokens, cut from the left to at most half of
-  `max_label_length`, before the start tokens. The whole prompt is masked from the loss; teacher
-  and student read the same prompt.
+  `max_label_length` and to what the label leaves free (the prompt yields to the label: a
+  label that fits alone is never dropped for its prompt), before the start tokens. The whole
+  prompt is masked from the loss; teacher and student read the same prompt.
 - The start tokens carry the example's language and task (multilingual models).
 
 Each choice is drawn from a generator seeded by (seed, epoch, example id): a resumed run draws
@@ -84,9 +85,10 @@ class Labeller:
         if not timestamps:
             tokens = [t for t in tokens if t < self.special.timestamp_begin]
         prompt = self.start_tokens(example.language, example.task, timestamps)
-        if example.previous and condition < self.spec.condition_on_prev_probability:
+        free = self.spec.max_label_length - len(prompt) - len(tokens) - 1  # <|startofprev|>
+        keep = min(self.spec.max_label_length // 2 - 1, free)
+        if example.previous and condition < self.spec.condition_on_prev_probability and keep > 0:
             before = self.tokenizer(" " + example.previous.strip(), add_special_tokens=False)
-            keep = self.spec.max_label_length // 2 - 1
             prompt = [self.special.start_of_prev, *before.input_ids[-keep:], *prompt]
         room = self.spec.max_label_length - len(prompt)  # label + end-of-text, less one
         if len(tokens) <= room:
