@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from flax_distil.audio import N_SAMPLES
 from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.evaluate import (
@@ -200,7 +201,7 @@ def long_form_table(runs: list[tuple[str, dict]]) -> list[str]:
     """Markdown rows of (label, evaluate metrics) over their clips of more than 30 s."""
     lines = [
         "| model | long-form | WER | insertions (IER) | deletions (DER) | repeated 5-grams "
-        "| worst file | windows decoded again / skipped | RTFx |",
+        "| worst file | windows decoded again / skipped | RTFx (all clips) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, run in runs:
@@ -229,7 +230,7 @@ def long_form_comparison(
     """Every model (without an assistant) in both long-form modes on `data` (recordings over
     30 s): the markdown table, and every run's metrics (also written under `output_dir`, as
     `<model>/<mode>/`)."""
-    if not any(len(clip) > 30 * 16000 for clip in data.audio):
+    if not any(len(clip) > N_SAMPLES for clip in data.audio):
         raise FlaxDistilError(f"{data.name}: no recording over 30 s to compare long-form on")
     runs, labelled = {}, []
     for name, transcriber in models.items():

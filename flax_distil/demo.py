@@ -84,6 +84,7 @@ def _real_recordings() -> Path:
 def _long_form(teacher: str, student: str, recordings: Path, report_path: str) -> dict | None:
     """Both models, both long-form modes, on the long held-out recordings; the table goes at
     the end of the report. Returns each run's long-form WER."""
+    from flax_distil.audio import N_SAMPLES
     from flax_distil.compare import long_form_comparison
     from flax_distil.data import SourceSpec
     from flax_distil.data.eval_set import load_eval_set
@@ -91,7 +92,7 @@ def _long_form(teacher: str, student: str, recordings: Path, report_path: str) -
     from flax_distil.generation import Transcriber
 
     data = load_eval_set(SourceSpec("parquet", str(recordings)))
-    if not any(len(clip) > 30 * 16000 for clip in data.audio):
+    if not any(len(clip) > N_SAMPLES for clip in data.audio):
         print("    no held-out recording over 30 s (raise --num-heldout): nothing to compare")
         return None
     models = {"teacher": Transcriber.load(teacher), "student": Transcriber.load(student)}

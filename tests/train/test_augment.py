@@ -12,7 +12,7 @@ from flax_distil.train.run import build_run, sharded_state
 from flax_distil.train.step import eval_sums, jit_train_step
 
 from .conftest import settings
-from .test_step import fixed_batch
+from .test_step import first_step_metrics, fixed_batch
 
 SHAPE = (4, 80, 3000)
 
@@ -61,12 +61,6 @@ def test_teacher_and_student_read_the_same_masked_input(tiny_teacher, corpus, tm
     # A student that keeps all of the teacher's decoder layers is the teacher: its KL is 0
     # exactly when both decoders cross-attend to one encoder output of one masked input.
     overrides = {"data.spec_augment": "{enabled: true}", "model.student_decoder_layers": 4}
-    config = load_config(None, settings(tiny_teacher, corpus, **overrides))
-    run = build_run(config, tmp_path)
-    optimizer, schedule = make_optimizer(config.train)
-    state, _ = sharded_state(run, optimizer)
-    batch = fixed_batch(run)
-    step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
-    _, metrics = step(state, run.models.frozen, batch)
+    metrics = first_step_metrics(tiny_teacher, corpus, tmp_path, **overrides)
     assert float(metrics["ce"]) > 1.0  # a random teacher: the labels are far from its guesses
     assert abs(float(metrics["kl"])) < 1e-6

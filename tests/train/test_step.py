@@ -112,15 +112,19 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_teacher, corpus, tmp_pa
         assert_relative(a, b)
 
 
-def first_step_loss(teacher, corpus, workdir, **extra) -> float:
-    """The first step's loss in a run built from scratch: its own models, state and step."""
+def first_step_metrics(teacher, corpus, workdir, **extra) -> dict:
+    """The first step's metrics in a run built from scratch: its own models, state and step."""
     config = load_config(None, settings(teacher, corpus, **extra))
     run = build_run(config, workdir)
     optimizer, schedule = make_optimizer(config.train)
     state, _ = sharded_state(run, optimizer)
     batch = fixed_batch(run)
     step = jit_train_step(run.models, run.settings, optimizer, schedule, run.mesh, state, batch)
-    return float(step(state, run.models.frozen, batch)[1]["loss"])
+    return step(state, run.models.frozen, batch)[1]
+
+
+def first_step_loss(teacher, corpus, workdir, **extra) -> float:
+    return float(first_step_metrics(teacher, corpus, workdir, **extra)["loss"])
 
 
 def test_dropout_is_seeded_and_off_in_eval(tiny_teacher, corpus, tmp_path):
