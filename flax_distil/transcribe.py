@@ -17,7 +17,9 @@ def transcribe_files(
     transcriber: Transcriber, paths: list[str | Path], options: DecodeOptions
 ) -> tuple[list[dict], list[str]]:
     """Results in input order for the files that worked, and one error line per failed file.
-    A result is {"audio", "text", "tokens", "seconds"[, "segments"]}."""
+    A result is {"audio", "text", "tokens", "seconds"[, "segments"][, "windows"]}: segments
+    with timestamps, and each window of sequential long-form decoding (its temperature,
+    log-probability, no-speech probability, whether it was skipped as silence)."""
     results, errors = [], []
     with tqdm(total=len(paths), desc="transcribing", unit="file", disable=len(paths) <= 3) as bar:
         for first in range(0, len(paths), options.batch_size):
@@ -39,6 +41,8 @@ def transcribe_files(
                 }
                 if options.timestamps:
                     result["segments"] = transcript.segments
+                if transcript.windows is not None:
+                    result["windows"] = transcript.windows
                 results.append(result)
             bar.update(len(paths[first : first + options.batch_size]))
     return results, errors

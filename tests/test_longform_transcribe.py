@@ -145,9 +145,13 @@ def test_transcribe_with_assistant_gives_identical_output(tmp_path):
     for extra in ([], ["--assistant", tmp_path / "student", "--num-draft", "3"]):
         out = tmp_path / f"out{len(extra)}.json"
         result = run_cli(
-            "transcribe", "--model", "pypi:tiny.en", "--output-json", out, *extra, *files
-        )
+            "transcribe", "--model", "pypi:tiny.en", "--long-form", "sequential",
+            "--output-json", out, *extra, *files,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
         outputs.append(json.loads(out.read_text()))
     assert len(outputs[0]) == 4
+    # Sequential long-form judges each window on the teacher's scores: the same windows, the
+    # same decisions, with or without drafts.
+    assert [len(r.get("windows", [])) for r in outputs[0]] == [0, 0, 0, 2]
     assert outputs[0] == outputs[1]

@@ -44,21 +44,23 @@ def score_tokens(
     full = jnp.concatenate([prompt, tokens], axis=1)
     cache = model.init_cache(encoder_out, full.shape[1])
     start = jnp.zeros(batch, jnp.int32)
-    logits, _ = model.decode_step(full[:, :-1], cache, start, first=prompt_start)
-    logits = logits.astype(jnp.float32)  # logits[:, j] scores full[:, j + 1]
+    hidden, _ = model.decode_step(full[:, :-1], cache, start, project=False, first=prompt_start)
+    # Only the positions that score a generated token, and <|startoftranscript|>'s, go through
+    # the 51,864-way output layer (the prompt's would double the cost).
+    logits = model.decoder.project(hidden[:, prompt_length - 1 :])  # [:, j]: generated token j
 
     def masked(position_logits, length):
         lengths = jnp.full((batch,), length, jnp.int32)
         return apply_rules(position_logits, full, lengths, prompt_length, rules)
 
     positions = prompt_length + jnp.arange(tokens.shape[1])
-    scores = jax.vmap(masked, in_axes=(1, 0), out_axes=1)(logits[:, prompt_length - 1 :], positions)
+    scores = jax.vmap(masked, in_axes=(1, 0), out_axes=1)(logits, positions)
     logprobs = jax.nn.log_softmax(scores, axis=-1)
     chosen = jnp.take_along_axis(logprobs, tokens[..., None], axis=-1)[..., 0]
     count = generated_lengths(tokens, rules.eos_token_id)
     scored = jnp.arange(tokens.shape[1])[None, :] < count[:, None]
     total = jnp.where(scored, chosen, 0.0).sum(axis=1)
-    start_of_transcript = logits[:, prompt_length - start_count]
+    start_of_transcript = model.decoder.project(hidden[:, prompt_length - start_count])
     no_speech_token = rules.no_timestamps_token_id - 1  # <|nospeech|> (<|nocaptions|>)
     no_speech = jax.nn.softmax(start_of_transcript, axis=-1)[:, no_speech_token]
     return constrain_rows((total, count, no_speech), rows)

@@ -29,7 +29,7 @@ import zlib
 import jax
 import numpy as np
 
-from flax_distil.audio import N_FRAMES, log_mel
+from flax_distil.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel
 from flax_distil.generation.batching import prompt_width
 from flax_distil.generation.options import DecodeOptions, Fallback
 from flax_distil.tokenizer import SECONDS_PER_TIMESTAMP
@@ -162,10 +162,7 @@ def transcribe_sequential(transcriber, audio: np.ndarray, options: DecodeOptions
     ratio, skipped) of 16 kHz audio of any length."""
     options = options or DecodeOptions()
     begin = transcriber.special.timestamp_begin
-    features = np.asarray(
-        log_mel(np.asarray(audio, np.float32)[None], transcriber.config.num_mel_bins)
-    )[0]
-    content_frames = features.shape[1]
+    features, content_frames = _file_features(transcriber, audio)
     # A multilingual model without a language detects it on the first window and keeps it for
     # the whole file, as OpenAI's `transcribe` does.
     start_tokens = transcriber.start_tokens(
@@ -199,6 +196,19 @@ def transcribe_sequential(transcriber, audio: np.ndarray, options: DecodeOptions
             reset = len(all_tokens)
     text = " ".join(segment["text"] for segment in segments)
     return {"text": text, "tokens": all_tokens, "segments": segments, "windows": windows}
+
+
+def _file_features(transcriber, audio: np.ndarray) -> tuple[np.ndarray, int]:
+    """Log-mel [mels, frames] of the whole file, one normalisation for all of it, and its
+    frames of content. The audio is zero-padded to a multiple of 30 s first, as OpenAI pads it
+    (silence never sets the maximum the floor is taken from), so files of similar lengths share
+    one compiled program."""
+    audio = np.asarray(audio, np.float32)
+    padded = np.zeros(-(-(len(audio) + 1) // N_SAMPLES) * N_SAMPLES, np.float32)
+    padded[: len(audio)] = audio
+    content_frames = len(audio) // HOP_LENGTH
+    features = np.asarray(log_mel(padded[None], transcriber.config.num_mel_bins))[0]
+    return features[:, :content_frames], content_frames  # windows are zero-padded past it
 
 
 def _window(features: np.ndarray, seek: int) -> np.ndarray:

@@ -291,7 +291,9 @@ class Transcriber:
         `scoring.py`); `start_count`: how many start tokens end each prompt."""
         rows = encoder_out.shape[0]
         prompts, prompt_start = self._padded_prompts(prompts, rows)
-        tokens = self.place_rows(pad_rows(generated.tokens, rows))
+        # Scored up to the longest row, in steps of 64 positions (a few compiled programs).
+        scored = min(generated.tokens.shape[1], -(-int(generated.lengths.max()) // 64) * 64)
+        tokens = self.place_rows(pad_rows(generated.tokens[:, :scored], rows))
         scores = score_tokens(
             self.graphdef,
             self.state,
