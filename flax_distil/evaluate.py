@@ -170,6 +170,11 @@ def _speed(audio_seconds: float, wall_seconds: float) -> dict:
     }
 
 
+def _clip_wer(reference: str, prediction: str) -> float | None:
+    """One clip's WER; None when its reference is empty once normalised."""
+    return word_error_rate([reference], [prediction]) if normalize(reference) else None
+
+
 def _long_form_metrics(data: EvalSet, run: _Pass, mode: str) -> dict | None:
     """The metrics of the clips over 30 s alone, and each one's WER and windows."""
     long = [i for i, clip in enumerate(data.audio) if len(clip) > N_SAMPLES]
@@ -181,7 +186,7 @@ def _long_form_metrics(data: EvalSet, run: _Pass, mode: str) -> dict | None:
         row = {
             "id": data.ids[i],
             "seconds": round(len(data.audio[i]) / SAMPLE_RATE, 3),
-            "wer": word_error_rate([reference], [run.texts[i]]) if normalize(reference) else None,
+            "wer": _clip_wer(reference, run.texts[i]),
         }
         if windows is not None:
             row["windows"] = len(windows)
@@ -204,7 +209,7 @@ def _prediction_rows(data: EvalSet, texts: list[str], extra: list[dict] | None =
             "prediction": prediction,
             "reference_normalized": reference_normalized,
             "prediction_normalized": normalize(prediction),
-            "wer": word_error_rate([reference], [prediction]) if reference_normalized else None,
+            "wer": _clip_wer(reference, prediction),
         }
         yield {**row, **(extra[index] if extra else {})}
 

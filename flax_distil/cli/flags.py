@@ -75,19 +75,16 @@ def add_long_form_flags(parser: argparse.ArgumentParser, default_mode: str) -> N
     parser.add_argument(
         "--compression-ratio-threshold",
         type=float,
-        default=2.4,
         help="sequential: decode again, hotter, above this zlib ratio of the text (default 2.4)",
     )
     parser.add_argument(
         "--logprob-threshold",
         type=float,
-        default=-1.0,
         help="sequential: decode again, hotter, below this mean log-probability (default -1)",
     )
     parser.add_argument(
         "--no-speech-threshold",
         type=float,
-        default=0.6,
         help="sequential: skip a window as silence above this <|nospeech|> probability when "
         "its mean log-probability is below --logprob-threshold (default 0.6)",
     )
@@ -95,17 +92,16 @@ def add_long_form_flags(parser: argparse.ArgumentParser, default_mode: str) -> N
 
 
 def fallback_of(args: argparse.Namespace):
-    """The `Fallback` of the long-form flags."""
+    """The `Fallback` of the long-form flags: `Fallback`'s own defaults where none is given."""
     from flax_distil.generation import Fallback
 
-    temperatures = {"temperatures": tuple(args.temperatures)} if args.temperatures else {}
-    return Fallback(
-        **temperatures,
-        compression_ratio_threshold=args.compression_ratio_threshold,
-        logprob_threshold=args.logprob_threshold,
-        no_speech_threshold=args.no_speech_threshold,
-        seed=args.seed,
-    )
+    given = {
+        "temperatures": tuple(args.temperatures) if args.temperatures else None,
+        "compression_ratio_threshold": args.compression_ratio_threshold,
+        "logprob_threshold": args.logprob_threshold,
+        "no_speech_threshold": args.no_speech_threshold,
+    }
+    return Fallback(**{k: v for k, v in given.items() if v is not None}, seed=args.seed)
 
 
 def add_draft_flags(parser: argparse.ArgumentParser) -> None:

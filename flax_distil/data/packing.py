@@ -11,7 +11,8 @@ always starts a new window. It writes parquet shards (`shard-00000.parquet`, ...
 window's audio as FLAC, its utterances' text joined in `text`, the group, `utterances` (how
 many) and `condition_on_prev`: the text of the window before it in the same group ("" for a
 group's first window). Every usable utterance is in exactly one window, in order; unusable
-ones are counted by reason.
+ones are counted by reason. Memory holds one group's run of utterances and one shard of windows
+at a time (`shortest_first` holds every window, to sort them).
 
 Options the demo uses: `max_utterances` (each window takes a random 1 to N utterances, so the
 student also learns to stop after one sentence), `max_words` (keeps a transcript within the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import itertools
 import math
 from pathlib import Path
 
@@ -32,10 +34,8 @@ from tqdm import tqdm
 
 from flax_distil.audio import SAMPLE_RATE
 from flax_distil.data.examples import ExampleFilter, Skipped, decode_example
-from flax_distil.data.sources import Source, SourceSpec
+from flax_distil.data.sources import PREVIOUS_COLUMN, Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
-
-PREVIOUS_COLUMN = "condition_on_prev"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +83,11 @@ def _runs(source: Source, group_column: str | None, skipped: collections.Counter
     """Runs of consecutive usable utterances of one group: (group, [(audio, text), ...])."""
     run, group = [], None
     for index in tqdm(range(len(source)), desc="reading utterances", unit="utt", leave=False):
-        row = source.table[index]
+        row = source.table[index]  # read once: the group and the example come from it
         value = row.get(group_column) if group_column else None
         try:
-            example = decode_example(source[index], ExampleFilter(max_seconds=math.inf))
+            raw = source.raw_example(row, source.example_id(index))
+            example = decode_example(raw, ExampleFilter(max_seconds=math.inf))
         except Skipped as error:
             skipped[error.reason] += 1
             continue
@@ -136,23 +137,22 @@ def pack(spec: SourceSpec, output: str | Path, options: PackOptions | None = Non
         raise FlaxDistilError(f"{output} already holds packed shards; use a new --output")
     output.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(options.seed)
-    skipped, windows, utterances = collections.Counter(), [], 0
-    for group, run in _runs(source, options.group_column, skipped):
-        utterances += len(run)
-        windows += [(group, *window) for window in _pack_run(run, options, rng)]
-    if not windows:
+    skipped, counts = collections.Counter(), {"utterances": 0, "windows": 0}
+
+    def windows():
+        for group, run in _runs(source, options.group_column, skipped):
+            counts["utterances"] += len(run)
+            yield from ((group, *window) for window in _pack_run(run, options, rng))
+
+    ordered = windows()
+    if options.shortest_first:  # needs every window first; otherwise one shard at a time
+        ordered = sorted(ordered, key=lambda window: len(window[2].split()))  # stable
+    for shard, batch in enumerate(itertools.batched(ordered, options.shard_size)):
+        _write_shard(output, shard, batch, counts["windows"], options.group_column)
+        counts["windows"] += len(batch)
+    if not counts["windows"]:
         raise FlaxDistilError(f"{spec.path}: no usable utterance to pack ({dict(skipped)})")
-    if options.shortest_first:
-        windows.sort(key=lambda window: len(window[2].split()))  # stable: ties keep the order
-    for first in range(0, len(windows), options.shard_size):
-        _write_shard(
-            output,
-            first // options.shard_size,
-            windows[first : first + options.shard_size],
-            first,
-            options.group_column,
-        )
-    return {"utterances": utterances, "windows": len(windows), "skipped": dict(skipped)}
+    return {**counts, "skipped": dict(skipped)}
 
 
 def _write_shard(output: Path, shard: int, windows, first: int, group_column: str | None):

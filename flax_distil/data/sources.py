@@ -32,6 +32,9 @@ KINDS = ("hub", "parquet", "audiofolder", "jsonl")
 STREAMING_KINDS = ("hub", "parquet")
 
 
+PREVIOUS_COLUMN = "condition_on_prev"  # the previous window's text, as `flax-distil pack` writes
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
     """One training or evaluation source; `weight` sets its share when sources are mixed."""
@@ -57,7 +60,7 @@ class SourceSpec:
     # else `text_column` tokenised; the previous window's text for previous-text prompts
     # (`flax-distil pack` writes it); the decoder prompt's language and task (multilingual).
     token_ids_column: str | None = "whisper_token_ids"
-    previous_column: str | None = "condition_on_prev"
+    previous_column: str | None = PREVIOUS_COLUMN
     language: str | None = None  # default: the training config's data.language
     task: str = "transcribe"
 
@@ -195,7 +198,11 @@ class Source:
 
     def __getitem__(self, index: int) -> RawExample:
         self._map_style()
-        return self.raw_example(self.table[int(index)], f"{self.spec.path}#{index}")
+        return self.raw_example(self.table[int(index)], self.example_id(index))
+
+    def example_id(self, index: int) -> str:
+        """The id of a map-style source's row `index` (what `source[index]` carries)."""
+        return f"{self.spec.path}#{index}"
 
     def stream_rows(self, seed: int, epoch: int):
         """A streaming source's rows for one epoch, as dicts, in a shuffled order that depends

@@ -98,13 +98,13 @@ def decode_with_fallback(
     eos = transcriber.config.eos_token_id
     for tried, temperature in enumerate(fallback.temperatures, start=1):
         num_draft = options.num_draft if temperature == 0 else 0
-        max_new_tokens = transcriber.max_new_tokens_limit(slots, num_draft)
+        limit = transcriber.max_new_tokens_limit(slots, num_draft)
         generated = transcriber.decode(
             encoder_out,
             1,
             prompts=[prompt],
             timestamps=True,
-            max_new_tokens=min(options.max_new_tokens, max_new_tokens),
+            max_new_tokens=min(options.max_new_tokens, limit),
             num_draft=num_draft,
             temperature=temperature,
             key=jax.random.fold_in(key, tried),

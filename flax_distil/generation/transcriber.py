@@ -234,20 +234,10 @@ class Transcriber:
         decoding = dict(rules=rules, max_new_tokens=max_new_tokens, rows=self.row_sharding)
         prompts = self.place_rows(prompts)
         verifications = accepted = None
-        if temperature > 0:
-            if key is None:
-                raise FlaxDistilError("sampling at a temperature above 0 needs a PRNG key")
-            tokens = greedy_decode(
-                self.graphdef,
-                self.state,
-                encoder_out,
-                prompts,
-                prompt_start,
-                key,
-                jnp.float32(temperature),
-                **decoding,
-            )
-        elif num_draft and self.assistant is not None:
+        sampling = temperature > 0
+        if sampling and key is None:
+            raise FlaxDistilError("sampling at a temperature above 0 needs a PRNG key")
+        if num_draft and self.assistant is not None and not sampling:
             tokens, verifications, accepted = speculative_decode(
                 self.graphdef,
                 self.state,
@@ -262,8 +252,9 @@ class Transcriber:
             verifications = parallel.gather_rows(verifications)[:batch]
             accepted = parallel.gather_rows(accepted)[:batch]
         else:
+            sample = (key, jnp.float32(temperature)) if sampling else ()
             tokens = greedy_decode(
-                self.graphdef, self.state, encoder_out, prompts, prompt_start, **decoding
+                self.graphdef, self.state, encoder_out, prompts, prompt_start, *sample, **decoding
             )
         lengths = generated_lengths(tokens, rules.eos_token_id)
         return Generated(

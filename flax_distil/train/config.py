@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from flax_distil.data.labels import LabelSpec
 from flax_distil.data.sources import SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.train.augment import SpecAugment
@@ -57,6 +58,17 @@ class DataConfig:
     max_skip_ratio: float = 0.5
     prefetch: int = 2
     seed: int = 0
+
+    def label_spec(self) -> LabelSpec:
+        """How training examples become prompts and labels (checks the probabilities)."""
+        return LabelSpec(
+            max_label_length=self.max_label_length,
+            long_labels=self.long_labels,
+            timestamp_probability=self.timestamp_probability,
+            condition_on_prev_probability=self.condition_on_prev_probability,
+            language=self.language,
+            seed=self.seed,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +329,7 @@ def validate(config: Config) -> None:
     _require(config.data.max_label_length >= 8, "data.max_label_length must be at least 8")
     _require(config.data.label_bucket >= 0, "data.label_bucket must be >= 0 (0: no buckets)")
     _require(config.data.length_groups >= 1, "data.length_groups must be >= 1")
-    for name in ("timestamp_probability", "condition_on_prev_probability"):
-        _require(0.0 <= getattr(config.data, name) <= 1.0, f"data.{name} must be in [0, 1]")
+    config.data.label_spec()  # its own checks: the probabilities in [0, 1]
     _require(
         not (config.data.spec_augment.enabled and config.data.cache_encoder_outputs),
         "data.spec_augment masks the encoder's input anew every step: it cannot be combined "

@@ -25,7 +25,6 @@ from flax_distil.data import (
     ExampleFilter,
     ExampleStream,
     Labeller,
-    LabelSpec,
     Source,
 )
 from flax_distil.errors import FlaxDistilError
@@ -173,14 +172,7 @@ def train_batches(run: Run) -> Batches:
     labeller = Labeller(
         run.student_checkpoint.tokenizer,
         run.student_checkpoint.config.is_multilingual,
-        LabelSpec(
-            max_label_length=data.max_label_length,
-            long_labels=data.long_labels,
-            timestamp_probability=data.timestamp_probability,
-            condition_on_prev_probability=data.condition_on_prev_probability,
-            language=data.language,
-            seed=data.seed,
-        ),
+        data.label_spec(),
     )
     spec = BatchSpec(
         batch_size=host_batch,
