@@ -110,6 +110,7 @@ def main() -> int:
     import numpy as np
 
     from flax_distil import parallel
+    from flax_distil.audio import float_to_pcm16
     from flax_distil.train import flops, load_config
     from flax_distil.train import run as runs
     from flax_distil.train.optimizer import make_optimizer
@@ -159,6 +160,8 @@ def main() -> int:
     for name, shape in shapes.items():
         if name in ("audio", "features"):
             host[name] = (0.1 * rng.standard_normal(shape.shape)).astype(np.float32)
+            if name == "audio":  # the step takes int16 PCM, as `Batches` makes it
+                host[name] = float_to_pcm16(host[name])
         elif name == "loss_mask":
             host[name] = np.ones(shape.shape, np.float32)
         else:

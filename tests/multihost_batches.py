@@ -1,10 +1,10 @@
 """One process of the two-process data test (tests/test_multihost_data.py), not a test itself.
 
-    python multihost_batches.py PROCESS_ID NUM_PROCESSES PORT AUDIOFOLDER HOST_BATCH OUT_NPZ
+    python multihost_batches.py PROCESS_ID NUM_PROCESSES PORT KIND PATH TEXT_COLUMN HOST_BATCH OUT
 
-Joins `jax.distributed`, reads this host's share of the data, assembles the global batches with
-`jax.make_array_from_process_local_data` over a one-device-per-process mesh, and (process 0)
-saves the gathered global batches.
+Joins `jax.distributed`, reads this host's share of the source (KIND, PATH, TEXT_COLUMN),
+assembles the global batches with `jax.make_array_from_process_local_data` over a
+one-device-per-process mesh, and (process 0) saves the gathered global batches.
 """
 
 import sys
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 
-def main(process_id, num_processes, port, folder, host_batch, out):
+def main(process_id, num_processes, port, kind, path, text_column, host_batch, out):
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}",
         num_processes=int(num_processes),
@@ -35,7 +35,7 @@ def main(process_id, num_processes, port, folder, host_batch, out):
 
     host_batch = int(host_batch)
     stream = ExampleStream(
-        [Source(SourceSpec("audiofolder", folder))],
+        [Source(SourceSpec(kind, path, text_column=text_column))],
         seed=4,
         process_index=jax.process_index(),
         process_count=jax.process_count(),

@@ -48,8 +48,11 @@ def test_every_source_kind_gives_the_same_arrays(corpus):
 
 def test_wrong_text_column_names_the_columns(corpus):
     _, parquet_dir = corpus
+    source = Source(SourceSpec("parquet", str(parquet_dir)))  # opens nothing yet
     with pytest.raises(FlaxDistilError, match=r"no column\(s\) \['text'\].*sentence"):
-        Source(SourceSpec("parquet", str(parquet_dir)))
+        ExampleStream([source])  # this host's files
+    with pytest.raises(FlaxDistilError, match=r"no column\(s\) \['text'\].*sentence"):
+        len(source)  # the whole table
 
 
 def test_two_hosts_read_disjoint_halves_covering_the_epoch(corpus):

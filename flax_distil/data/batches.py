@@ -1,8 +1,10 @@
 """Fixed-shape training batches from an example stream, prefetched in a background thread.
 
 A batch holds, for each of `batch_size` examples:
-- `audio` [B, 480000]: the clip zero-padded to 30 s, for the JAX log-mel on the accelerator
-  (`features_on="device"`), or `features` [B, mels, 3000] computed on the host CPU;
+- `audio` [B, 480000]: the clip zero-padded to 30 s as int16 PCM (half the bytes of float32 to
+  copy to the devices), for the JAX log-mel on the accelerator (`features_on="device"`), or
+  `features` [B, mels, 3000] computed on the host CPU from the same int16 audio (either way the
+  step sees the same features);
 - `decoder_input_ids` and `labels` [B, max_label_length]: each example's decoder prompt, its
   label tokens and end-of-text (`labels.Labeller`: token ids or text, timestamps, previous-text
   prompts), shifted by one, padded with end-of-text;
@@ -29,7 +31,7 @@ import threading
 
 import numpy as np
 
-from flax_distil.audio import N_SAMPLES, batch_audio
+from flax_distil.audio import N_SAMPLES, batch_pcm16
 from flax_distil.data.examples import Example, Skipped
 from flax_distil.data.labels import Labelled, Labeller, label_arrays
 from flax_distil.data.stream import ExampleStream
@@ -123,7 +125,7 @@ class Batches:
             "loss_mask": np.stack([a[2] for a in arrays]),
             "ids": [e.id for e in examples],
         }
-        audio = batch_audio([e.audio for e in examples], N_SAMPLES)
+        audio = batch_pcm16([e.audio for e in examples], N_SAMPLES)
         if self.spec.features_on == "host":
             batch["features"] = _host_log_mel(audio, self.spec.num_mel_bins)
         else:

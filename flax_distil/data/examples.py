@@ -59,7 +59,10 @@ class Skipped(Exception):
 
     def __init__(self, reason: str, example_id: str, detail: str = ""):
         super().__init__(f"{example_id}: {reason}{f' ({detail})' if detail else ''}")
-        self.reason = reason
+        self.reason, self.example_id, self.detail = reason, example_id, detail
+
+    def __reduce__(self):  # sent back from decoding workers (`data.workers`)
+        return Skipped, (self.reason, self.example_id, self.detail)
 
 
 def _read(raw: RawExample) -> tuple[np.ndarray, int]:

@@ -60,18 +60,22 @@ class Labeller:
         self.tokenizer, self.multilingual, self.spec = tokenizer, multilingual, spec
         self.special = SpecialTokens.of(tokenizer)
         self.eos = self.special.end_of_text
+        self._prompts: dict[tuple, list[int]] = {}  # `SpecialTokens.of` costs ~2 ms a call
         shortest = len(self.start_tokens(None, "transcribe", timestamps=False)) + 1
         if shortest > spec.max_label_length:
             raise FlaxDistilError("max_label_length leaves no room after the decoder prompt")
 
     def start_tokens(self, language, task, timestamps: bool) -> list[int]:
-        return decoder_prompt(
-            self.tokenizer,
-            multilingual=self.multilingual,
-            language=(language or self.spec.language) if self.multilingual else None,
-            task=task,
-            timestamps=timestamps,
-        )
+        key = (language, task, timestamps)
+        if key not in self._prompts:
+            self._prompts[key] = decoder_prompt(
+                self.tokenizer,
+                multilingual=self.multilingual,
+                language=(language or self.spec.language) if self.multilingual else None,
+                task=task,
+                timestamps=timestamps,
+            )
+        return list(self._prompts[key])
 
     def label(self, example: Example, epoch: int) -> Labelled | None:
         """The example's prompt and label; None when the label does not fit and is dropped."""

@@ -9,27 +9,35 @@ Kinds:
 datasets 5 decodes audio only through torchcodec, so audio columns are read with
 `Audio(decode=False)` (bytes and/or a path) and decoded by `flax_distil.data.examples`.
 
-Sources are map-style (`len`, `[i]`), except `hub` and `parquet` sources with `streaming=True`:
-those are read as a `datasets.IterableDataset`, one pass per epoch in a seeded shuffled order
-(`stream_rows`), for datasets too large to download first; `ExampleStream` shards, mixes and
-resumes them as it does map-style ones.
+Sources are map-style (`len`, `[i]`, the table loaded on first use), except `hub` and `parquet`
+sources with `streaming=True`: those are read as a `datasets.IterableDataset`, one pass per epoch
+in a seeded shuffled order (`stream_rows`), for datasets too large to download first;
+`ExampleStream` shards, mixes and resumes them as it does map-style ones. Training reads local
+sources (`parquet`, `audiofolder`, `jsonl`) per host instead (`flax_distil.data.files`): a
+host opens only its own files and never loads the table.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import glob
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from flax_distil.data.mixing import row_seconds
 from flax_distil.errors import FlaxDistilError
 
 log = logging.getLogger(__name__)
 
 KINDS = ("hub", "parquet", "audiofolder", "jsonl")
 STREAMING_KINDS = ("hub", "parquet")
+LOCAL_KINDS = ("parquet", "audiofolder", "jsonl")  # lists of local files, sharded per host
+WEIGHT_BY = ("rows", "hours")
 
 
 PREVIOUS_COLUMN = "condition_on_prev"  # the previous window's text, as `flax-distil pack` writes
@@ -46,6 +54,11 @@ class SourceSpec:
     audio_column: str = "audio"
     text_column: str = "text"
     weight: float = 1.0
+    # `rows`: `weight` is the source's share of examples; `hours`: its share of audio time (rows
+    # are drawn in proportion to weight / mean row duration: `duration_column` when the rows
+    # have it, else each audio file's length from its header).
+    weight_by: str = "rows"
+    duration_column: str = "seconds"  # as `flax-distil pack` writes it
     # WER filter (Distil-Whisper keeps pseudo-labels within 10% WER of the ground truth):
     # computed against `ground_truth_column`, or read from `wer_column` (pseudo-label output).
     ground_truth_column: str | None = None
@@ -82,6 +95,15 @@ class SourceSpec:
             raise FlaxDistilError(f"source {self.path}: shuffle_buffer must be at least 1")
         if self.weight <= 0:
             raise FlaxDistilError(f"source {self.path}: weight must be positive")
+        if self.weight_by not in WEIGHT_BY:
+            raise FlaxDistilError(
+                f"source {self.path}: weight_by must be rows or hours, not {self.weight_by!r}"
+            )
+        if self.weight_by == "hours" and self.streaming:
+            raise FlaxDistilError(
+                f"source {self.path}: weight_by: hours needs a map-style source (set "
+                "streaming: false or weight_by: rows)"
+            )
         if self.ground_truth_column is not None and self.wer_column is not None:
             raise FlaxDistilError(
                 f"source {self.path}: give ground_truth_column or wer_column, not both"
@@ -157,16 +179,23 @@ class RawExample:
 
 class Source:
     """Random access to a source's rows (`len`, `[i]`), audio left undecoded; a streaming
-    source has neither and gives its rows one epoch at a time (`stream_rows`)."""
+    source has neither and gives its rows one epoch at a time (`stream_rows`). A map-style
+    table is loaded on first use (per-host training reads never load it)."""
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec
         self.streaming = spec.streaming
-        self.table = _load_table(spec)
-        if self.table.column_names is not None:  # a streaming dataset may not know them yet
-            self._check_columns(self.table.column_names)
+        if self.streaming:
+            self.table  # noqa: B018 (cheap for a stream: check its columns now)
 
-    def _check_columns(self, names) -> None:
+    @functools.cached_property
+    def table(self):
+        table = _load_table(self.spec)
+        if table.column_names is not None:  # a streaming dataset may not know them yet
+            self.check_columns(table.column_names)
+        return table
+
+    def check_columns(self, names) -> None:
         spec = self.spec
         wanted = {spec.audio_column, spec.text_column, spec.ground_truth_column, spec.wer_column}
         missing = wanted - {None} - set(names)
@@ -215,7 +244,7 @@ class Source:
         shuffled.set_epoch(epoch)
         for number, row in enumerate(shuffled):
             if number == 0:
-                self._check_columns(row)
+                self.check_columns(row)
             yield row
 
     def raw_example(self, row: dict, example_id: str) -> RawExample:
@@ -241,6 +270,13 @@ class Source:
             task=self.spec.task,
         )
 
+    def mean_seconds(self) -> float:
+        """The mean audio duration of the whole table's rows (for `weight_by: hours`)."""
+        column = self.spec.duration_column
+        if column in (self.table.column_names or ()):
+            return float(np.mean(np.asarray(self.table[column], np.float64)))
+        return float(np.mean([row_seconds(self.table[i], self.spec) for i in range(len(self))]))
+
     def streamed_example(self, row: dict, epoch: int, number: int) -> RawExample:
         """The `number`-th row of a streaming source's `epoch`, named by its audio file when the
         row has one (a streamed row has no stable index)."""
@@ -262,18 +298,39 @@ def _as_wer(value) -> float:
         return float("nan")
 
 
+def source_files(spec: SourceSpec) -> list[str]:
+    """A local source's files, sorted, found without opening any: an audiofolder's
+    metadata.csv; a parquet or JSONL source's file, the directory's `*.parquet` / `*.jsonl`
+    files, or the files a glob matches."""
+    path = Path(spec.path)
+    if spec.kind == "audiofolder":
+        return [str(path / "metadata.csv")]
+    suffix = ".parquet" if spec.kind == "parquet" else ".jsonl"
+    if path.is_dir():
+        files = sorted(str(file) for file in path.glob(f"*{suffix}"))
+    else:
+        files = [spec.path] if path.is_file() else sorted(glob.glob(spec.path))
+    if not files:
+        raise FlaxDistilError(f"source {spec.path}: no {suffix} files there")
+    return files
+
+
+def manifest_rows(file: str, spec: SourceSpec) -> list[dict]:
+    """The rows of an audiofolder's metadata.csv or of a JSONL manifest, audio as paths."""
+    if spec.kind == "audiofolder":
+        return _audiofolder_rows(Path(file).parent, spec)
+    return _jsonl_rows(Path(file), spec)
+
+
 def _load_table(spec: SourceSpec):
     import datasets
 
-    if spec.kind == "audiofolder":
-        return _Rows(_audiofolder_rows(Path(spec.path), spec))
-    if spec.kind == "jsonl":
-        return _Rows(_jsonl_rows(Path(spec.path), spec))
+    if spec.kind in ("audiofolder", "jsonl"):
+        return _Rows([row for file in source_files(spec) for row in manifest_rows(file, spec)])
     streaming = {"streaming": True} if spec.streaming else {}
     try:
         if spec.kind == "parquet":
-            path = Path(spec.path)
-            files = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else spec.path
+            files = source_files(spec)
             table = datasets.load_dataset("parquet", data_files=files, split="train", **streaming)
         else:
             table = datasets.load_dataset(spec.path, spec.config, split=spec.split, **streaming)

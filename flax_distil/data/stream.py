@@ -1,19 +1,32 @@
 """A deterministic, per-host sharded, exactly resumable stream of decoded examples.
 
-Each epoch has one global order, the same on every host: a seeded permutation of each source,
-interleaved by the sources' weights until the first one runs out. The order is cut into blocks
-of `block_size` (the per-host batch size); host h of N reads blocks h, h + N, h + 2N, ...: hosts
-read disjoint shares whose union is the epoch, and N hosts' batches side by side are the batch
-one host would read with N times the batch size. The epoch's tail that does not fill a whole
-round of N blocks is left out, so all hosts cross into the next epoch at the same batch. The state
-is (epoch, position): restoring it jumps straight to the next example, so nothing skipped is
-decoded again. Unusable examples are skipped, counted by reason and logged.
+Which raw example comes next (`_epoch_order`, `_raw`) is kept apart from decoding it
+(`_decode`, the one place a `RawExample` is decoded). Sources mix by weight
+(`flax_distil.data.mixing`): each source gives a quota of rows per epoch set by the stopping
+strategy (`first_exhausted` or `all_exhausted`), interleaved in a seeded order. There are three
+ways to shard an epoch over N hosts:
+
+- `files` (every source local: parquet, audiofolder, jsonl): host h opens only its own files
+  (`flax_distil.data.files`) and mixes its own rows in an order seeded by (seed, epoch, h). The
+  hosts agree once, at setup, on the number of batches per epoch: the smallest host's share
+  in whole batches (an allgather of per-host counts; a single process that simulates hosts
+  counts each host's rows itself). Hosts' shares are disjoint and each row is read at most
+  once per epoch (exactly once but for the tails cut to keep the hosts' batch counts equal).
+- `global` (map-style sources that include a hub dataset): one global order, the same on every
+  host, cut into blocks of `block_size` (the per-host batch size); host h reads blocks h,
+  h + N, h + 2N, ...: N hosts' batches side by side are the batch one host would read with N
+  times the batch size. The tail that does not fill a whole round of N blocks is left out.
+- `streamed` (below).
+
+The state is (epoch, position) in the host's share: restoring it jumps straight to the next
+example, so nothing skipped is decoded again. Unusable examples are skipped, counted by reason
+and logged.
 
 Streaming sources (`SourceSpec(streaming=True)`) have no length, so an epoch's order is built
 as it is read: each streaming source contributes its rows in its own seeded shuffled order
 (datasets' shard shuffle and shuffle buffer, reseeded per epoch), map-style sources a seeded
-permutation, interleaved by weighted draws until the first source runs out (the same rule as
-`epoch_order`, though not the same draws). Blocks, hosts and the dropped partial round are as
+permutation, interleaved by weighted draws until the first source runs out (`first_exhausted`
+only: a stream's length is unknown). Blocks, hosts and the dropped partial round are as
 above: a host reads ahead to the end of each round of blocks before serving its own block, so
 it never starts a round the other hosts cannot finish. Every host reads every streamed row (to
 agree on the order) but decodes only its own. Restoring replays the epoch's rows from its
@@ -34,29 +47,14 @@ from flax_distil.data.examples import (
     Skipped,
     decode_example,
 )
-from flax_distil.data.sources import RawExample, Source
+from flax_distil.data.files import HostShard
+from flax_distil.data.mixing import check_strategy, epoch_order, mixed_order, mixing_weights, quotas
+from flax_distil.data.sources import LOCAL_KINDS, RawExample, Source
 from flax_distil.errors import FlaxDistilError
 
 log = logging.getLogger(__name__)
 _DRAWS = 1024  # weighted source draws made at a time for an order with streaming sources
-
-
-def epoch_order(sizes: list[int], weights: list[float], seed: int, epoch: int) -> np.ndarray:
-    """Global (source, row) pairs [n, 2] of one epoch, weighted, stopping at the first exhausted."""
-    rng = np.random.default_rng([seed, epoch])
-    permutations = [rng.permutation(size) for size in sizes]
-    if len(sizes) == 1:
-        return np.stack([np.zeros(sizes[0], np.int64), permutations[0]], axis=1)
-    probabilities = np.asarray(weights, np.float64) / np.sum(weights)
-    draws = rng.choice(len(sizes), size=sum(sizes), p=probabilities)
-    taken = np.zeros(len(sizes), np.int64)
-    order = []
-    for source in draws:
-        if taken[source] == sizes[source]:
-            break
-        order.append((source, permutations[source][taken[source]]))
-        taken[source] += 1
-    return np.asarray(order, np.int64).reshape(-1, 2)
+__all__ = ["ExampleStream", "epoch_order"]
 
 
 class ExampleStream:
@@ -72,6 +70,7 @@ class ExampleStream:
         block_size: int = 1,
         limits: ExampleFilter | None = None,
         max_skip_ratio: float = 0.5,
+        stopping_strategy: str = "first_exhausted",
     ):
         if not sources:
             raise FlaxDistilError("no data sources given")
@@ -83,31 +82,117 @@ class ExampleStream:
         self.limits = limits or ExampleFilter()
         self.skipped = SkipCounter(max_skip_ratio)
         self.decoded = 0  # examples decoded by this stream (resume must not redo any)
+        self.read_only = False  # True: yields RawExamples undecoded (data.workers decodes)
         self.epoch, self.position = 0, 0
+        self.stopping_strategy = check_strategy(stopping_strategy)
         self._order = None
         self._streamed = any(source.streaming for source in sources)
         self._reset_streamed()
+        # `files` sharding: this host's `HostShard` of each source (`.opened`: files it opened)
+        self.shards, self._host_examples = None, None
+        if self._streamed:
+            self.sharding = "streamed"
+            if stopping_strategy != "first_exhausted":
+                raise FlaxDistilError(
+                    "streaming sources mix with stopping_strategy first_exhausted only (a "
+                    "stream's length is unknown); set it, or streaming: false"
+                )
+        elif all(source.spec.kind in LOCAL_KINDS for source in sources):
+            self.sharding = "files"
+            self.shards = self._open_shards(process_index)
+        else:
+            self.sharding = "global"
+        self._weights = self._mixing_weights(self.shards)
+        if self.shards is not None:
+            self._host_examples = self._agree_on_batches()
 
     def _reset_streamed(self) -> None:
         """Forgets the streamed order read so far (a new epoch, or a restore)."""
         self._items, self._taken = None, 0  # the epoch's order being read, items read from it
         self._block, self._block_round = [], -1  # this host's items in the current round
 
+    def _open_shards(self, process_index: int) -> list[HostShard]:
+        """Host `process_index`'s shard of every source (opening only that host's files)."""
+        return [HostShard(source, process_index, self.process_count) for source in self.sources]
+
+    def _mixing_weights(self, shards: list[HostShard] | None) -> list[float]:
+        """The sources' mixing weights; `weight_by: hours` measures these shards (a host's), or
+        without shards the whole sources."""
+        specs = [source.spec for source in self.sources]
+        if shards is None:
+            return mixing_weights(specs, lambda i: self.sources[i].mean_seconds())
+        return mixing_weights(specs, lambda i: shards[i].mean_seconds() if len(shards[i]) else 1.0)
+
+    def _host_length(self, shards: list[HostShard], weights: list[float]) -> int:
+        """How many examples an epoch of these shards holds (the same every epoch)."""
+        sizes = [len(shard) for shard in shards]
+        return sum(quotas(sizes, weights, self.stopping_strategy))
+
+    def _length_of_host(self, host: int) -> int:
+        """Another host's examples per epoch, counted by opening its files (simulated hosts)."""
+        shards = self._open_shards(host)
+        return self._host_length(shards, self._mixing_weights(shards))
+
+    def _agree_on_batches(self) -> int:
+        """This host's examples per epoch: every host's share cut to the smallest one's whole
+        batches, so all hosts cross into the next epoch at the same step. Hosts allgather their
+        counts once (`jax.distributed`); a process simulating hosts counts each one itself."""
+        import jax
+
+        local = self._host_length(self.shards, self._weights)
+        if self.process_count == 1:
+            lengths = [local]
+        elif jax.process_count() == self.process_count:
+            from flax_distil import parallel
+
+            lengths = parallel.allgather(np.asarray([local], np.int64)).reshape(-1).tolist()
+        else:
+            lengths = [
+                local if host == self.process_index else self._length_of_host(host)
+                for host in range(self.process_count)
+            ]
+        batches = min(lengths) // self.block_size
+        if batches == 0:
+            host = int(np.argmin(lengths))
+            raise FlaxDistilError(
+                f"host {host}'s share of an epoch has {min(lengths)} examples, fewer than one "
+                f"batch of {self.block_size}: use more data or files, or a smaller batch"
+            )
+        return batches * self.block_size
+
     def _epoch_order(self) -> np.ndarray:
-        """This epoch's global order, cut to whole rounds of blocks (one block per host), so
-        that every host starts the next epoch at the same global batch."""
+        """This host's (source, row) pairs of the epoch, in order; the same number of whole
+        batches on every host."""
         if self._order is None:
-            sizes = [len(source) for source in self.sources]
-            weights = [source.spec.weight for source in self.sources]
-            order = epoch_order(sizes, weights, self.seed, self.epoch)
-            round_size = self.block_size * self.process_count
-            if len(order) < round_size:
-                raise FlaxDistilError(
-                    f"an epoch has {len(order)} examples, fewer than one global batch of "
-                    f"{round_size}: use more data or a smaller batch"
-                )
-            self._order = order[: len(order) - len(order) % round_size]
+            self._order = self._global_share() if self.shards is None else self._host_order()
         return self._order
+
+    def _host_order(self) -> np.ndarray:
+        """`files` sharding: this host's rows mixed in an order seeded by (seed, epoch, host)."""
+        key = [self.seed, self.epoch, self.process_index]
+
+        def rows(source: int, repeat: int) -> np.ndarray:
+            return self.shards[source].row_order(np.random.default_rng([*key, source, repeat]))
+
+        sizes = [len(shard) for shard in self.shards]
+        rng = np.random.default_rng(key)
+        order = mixed_order(sizes, self._weights, self.stopping_strategy, rng, rows)
+        return order[: self._host_examples]
+
+    def _global_share(self) -> np.ndarray:
+        """`global` sharding: this host's blocks of the epoch's global order, cut to whole
+        rounds of blocks (one block per host)."""
+        sizes = [len(source) for source in self.sources]
+        order = epoch_order(sizes, self._weights, self.seed, self.epoch, self.stopping_strategy)
+        round_size = self.block_size * self.process_count
+        if len(order) < round_size:
+            raise FlaxDistilError(
+                f"an epoch has {len(order)} examples, fewer than one global batch of "
+                f"{round_size}: use more data or a smaller batch"
+            )
+        rounds = order[: len(order) - len(order) % round_size]
+        blocks = rounds.reshape(-1, self.process_count, self.block_size, 2)
+        return blocks[:, self.process_index].reshape(-1, 2)
 
     def __iter__(self):
         return self
@@ -137,15 +222,23 @@ class ExampleStream:
         if self._streamed:
             return self._next_streamed()
         order = self._epoch_order()
-        while (index := self._global_index(self.position)) < len(order):
+        while self.position < len(order):
+            source, row = order[self.position]
             self.position += 1
-            source, row = order[index]
-            example = self._decode(self.sources[source][row])
+            example = self._decode(self._raw(source, row))
             if example is not None:
                 return example
         return None
 
+    def _raw(self, source: int, row: int) -> RawExample:
+        """Row `row` of source `source` as the epoch order names it (host-local for `files`)."""
+        if self.shards is not None:
+            return self.shards[source].raw(int(row))
+        return self.sources[source][row]
+
     def _decode(self, raw: RawExample) -> Example | None:
+        if self.read_only:  # worker processes decode it (data.workers.WorkerStream)
+            return raw
         self.decoded += 1
         try:
             example = decode_example(raw, self.limits)
@@ -208,7 +301,7 @@ class ExampleStream:
                 rows.append(source.stream_rows(seed, self.epoch))
             else:
                 rows.append(iter(rng.permutation(len(source))))
-        weights = np.asarray([source.spec.weight for source in self.sources], np.float64)
+        weights = np.asarray(self._weights, np.float64)
         taken = [0] * len(self.sources)
         while True:
             if len(self.sources) == 1:
@@ -222,10 +315,6 @@ class ExampleStream:
                 yield source, ((taken[source], row) if self.sources[source].streaming else row)
                 taken[source] += 1
 
-    def _global_index(self, position: int) -> int:
-        block, offset = divmod(position, self.block_size)
-        return (block * self.process_count + self.process_index) * self.block_size + offset
-
     def state(self) -> dict:
         """A small JSON-able state; `restore` continues with exactly the next example."""
         return {
@@ -235,14 +324,20 @@ class ExampleStream:
             "process_index": self.process_index,
             "process_count": self.process_count,
             "block_size": self.block_size,
+            "sharding": self.sharding,
+            "stopping_strategy": self.stopping_strategy,
             "seen": self.skipped.seen,
             "skipped": dict(self.skipped),
         }
 
     def restore(self, state: dict) -> None:
-        keys = ("seed", "process_index", "process_count", "block_size")
+        keys = ("seed", "process_index", "process_count", "block_size", "sharding")
+        keys += ("stopping_strategy",)
+        # States from before per-host files and quotas were all but streamed ones "streamed"-
+        # compatible only: the others' orders changed, so they are refused, not resumed wrongly.
+        defaults = {"sharding": "streamed", "stopping_strategy": "first_exhausted"}
         layout = tuple(getattr(self, key) for key in keys)
-        saved = tuple(state[key] for key in keys)
+        saved = tuple(state.get(key, defaults.get(key)) for key in keys)
         if saved != layout:
             raise FlaxDistilError(
                 f"data state was saved for {dict(zip(keys, saved, strict=True))}, not "

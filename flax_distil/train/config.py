@@ -43,6 +43,9 @@ class ModelConfig:
 class DataConfig:
     train: tuple[SourceSpec, ...] = ()  # from {kind, path, text_column, weight, ...} mappings
     eval: tuple[SourceSpec, ...] = ()  # the same; `name` (default: the path's last part) in logs
+    # When a mixed epoch ends: at the first source that runs out, or once every source ran out
+    # (the others restarting with a fresh permutation); see flax_distil.data.mixing.
+    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
     language: str | None = "en"  # decoder prompt language (multilingual teachers)
     max_label_length: int = 128
     label_bucket: int = 0  # 0: labels padded to max_label_length; k: to the batch's longest, in k's
@@ -57,6 +60,7 @@ class DataConfig:
     max_seconds: float = 30.0
     max_skip_ratio: float = 0.5
     prefetch: int = 2
+    num_workers: int = 0  # processes decoding audio (0: in the batch thread)
     seed: int = 0
 
     def label_spec(self) -> LabelSpec:
@@ -107,6 +111,9 @@ class CheckpointConfig:
     keep: int = 3
     keep_best: bool = False  # also keep the checkpoint with the best eval WER
     async_save: bool = True
+    atomicity: Literal["auto", "commit_file", "atomic_rename"] = "auto"  # commit_file: gcsfuse
+    preemption_check_every: int = 10  # steps between the hosts' SIGTERM agreement (multi-host)
+    compilation_cache: str | None = "compilation_cache"  # in the workdir unless absolute; null: off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +128,7 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
     every: int = 10
-    peak_flops: float = 0.0  # 0: measure a large matmul at start-up for the MFU denominator
+    peak_flops: float = 0.0  # one device's FLOP/s; 0: measure a large matmul at start-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,11 +331,16 @@ def validate(config: Config) -> None:
     _require(config.mesh.data >= 1 or config.mesh.data == -1, "mesh.data must be >= 1 or -1")
     _require(config.checkpoint.every >= 1, "checkpoint.every must be >= 1")
     _require(config.checkpoint.keep >= 1, "checkpoint.keep must be >= 1")
+    _require(
+        config.checkpoint.preemption_check_every >= 1,
+        "checkpoint.preemption_check_every must be >= 1",
+    )
     _require(config.eval.every >= 0, "eval.every must be >= 0")
     _require(config.log.every >= 1, "log.every must be >= 1")
     _require(config.data.max_label_length >= 8, "data.max_label_length must be at least 8")
     _require(config.data.label_bucket >= 0, "data.label_bucket must be >= 0 (0: no buckets)")
     _require(config.data.length_groups >= 1, "data.length_groups must be >= 1")
+    _require(config.data.num_workers >= 0, "data.num_workers must be >= 0 (0: no workers)")
     config.data.label_spec()  # its own checks: the probabilities in [0, 1]
     _require(
         not (config.data.spec_augment.enabled and config.data.cache_encoder_outputs),

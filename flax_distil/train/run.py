@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import yaml
+from etils import epath
 
 from flax_distil import parallel
 from flax_distil.data import (
@@ -27,6 +28,7 @@ from flax_distil.data import (
     Labeller,
     Source,
 )
+from flax_distil.data.workers import decoding_in_workers
 from flax_distil.errors import FlaxDistilError
 from flax_distil.tokenizer import decoder_prompt
 from flax_distil.train import flops
@@ -60,9 +62,10 @@ class Run:
 # Workdir and config -------------------------------------------------------------------------------
 
 
-def prepare_workdir(config: Config, workdir: str | Path) -> Path:
-    """Creates the workdir; on a rerun checks the config still describes the same run."""
-    workdir = Path(workdir)
+def prepare_workdir(config: Config, workdir: str | epath.PathLike) -> epath.Path:
+    """Creates the workdir (a local path or a `gs://` URL: an `etils.epath.Path`, which `pathlib`
+    would mangle); on a rerun checks the config still describes the same run."""
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     saved_path = workdir / "config.yaml"
     if saved_path.exists():
@@ -168,7 +171,9 @@ def train_batches(run: Run) -> Batches:
         block_size=host_batch,
         limits=example_limits(run.config),
         max_skip_ratio=data.max_skip_ratio,
+        stopping_strategy=data.stopping_strategy,
     )
+    stream = decoding_in_workers(stream, data.num_workers)  # 0: decoded in the batch thread
     labeller = Labeller(
         run.student_checkpoint.tokenizer,
         run.student_checkpoint.config.is_multilingual,
@@ -202,7 +207,7 @@ def batch_shapes(run: Run, batch: int | None = None) -> dict[str, jax.ShapeDtype
             jnp.dtype(run.config.model.compute_dtype),
         )
     elif run.config.data.features_on == "device":
-        shapes["audio"] = ((batch, 480000), jnp.float32)
+        shapes["audio"] = ((batch, 480000), jnp.int16)  # PCM, made float in the step's log-mel
     else:
         shapes["features"] = ((batch, run.settings.num_mel_bins, 3000), jnp.float32)
     return {k: jax.ShapeDtypeStruct(s, d, sharding=spec) for k, (s, d) in shapes.items()}
@@ -222,10 +227,12 @@ def sharded_state(run: Run, optimizer):
 
 
 def peak_flops(run: Run) -> float:
+    """One device's peak FLOP/s: `log.peak_flops`, or a large matmul measured on this process's
+    first device (the MFU denominator is this times the job's device count)."""
     if run.config.log.peak_flops:
         return run.config.log.peak_flops
     dtype = jnp.dtype(run.config.model.compute_dtype)
-    return flops.matmul_flops_per_second(dtype=dtype) * jax.local_device_count()
+    return flops.matmul_flops_per_second(dtype=dtype)
 
 
 def step_flops(run: Run, label_length: int | None = None) -> float:
