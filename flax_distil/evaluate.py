@@ -6,8 +6,9 @@
 audio or label cannot be used are counted by reason and listed; the rest are scored), transcribes
 the clips in batches (clips over 30 s with chunked or sequential long-form decoding), and
 returns the dict it writes to `output_dir/metrics.json`, next to `predictions.jsonl` (one line
-per scored row).
-The decoded audio is held in memory (about 230 MB per hour of audio).
+per scored row). A streaming source (`SourceSpec(streaming=True)`, `--streaming`) is read once,
+file by file in order, without downloading or converting it first; its rows keep the ids of a
+map-style read. The decoded audio is held in memory (about 230 MB per hour of audio).
 
 Metrics (fractions, not percent): `wer` on Whisper-normalised text, `wer_orthographic` on the raw
 text, the WER's `insertion_error_rate`, `substitution_error_rate` and `deletion_error_rate`, and

@@ -7,7 +7,9 @@ labels the shards k with k % N == i. A shard is written to a hidden temporary fi
 `shard-00012-of-00040.parquet`, so it is complete or absent: a killed job rerun with the same
 command skips the shards that exist and loses or repeats nothing (with any number of processes).
 `_manifest.json` records what the shards were made from; a rerun with another dataset, shard size,
-model or decoding setting stops with an error.
+model or decoding setting stops with an error. A streaming source (`SourceSpec(streaming=True)`,
+no length) is labelled by its own shards instead, each as files of S rows
+(`flax_distil.pseudo_label_stream`), with the same process split, files and restarts.
 
 An output row is the source row, audio untouched (bytes, or a path made absolute), plus
 `whisper_transcript`, `whisper_token_ids` (without the prompt and end-of-text; timestamp tokens
@@ -30,11 +32,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
+import itertools
 import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +50,10 @@ from flax_distil.data.sources import Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation import DecodeOptions, Transcriber, default_dtype
 from flax_distil.metrics import label_wer
+from flax_distil.pseudo_label_files import check_manifest, write_shard, write_summary
 from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
-
-# Leading underscores: readers of a parquet directory (pyarrow, pandas, DuckDB, polars, datasets)
-# skip such files. Directories labelled before keep their old names, still read on a restart.
-MANIFEST, SUMMARY = "_manifest.json", "_summary.json"
-_OLD_MANIFEST = "manifest.json"
-_STATS_KEY = b"flax_distil_shard"  # per-shard counts, in the parquet file's schema metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,18 +98,17 @@ def pseudo_label(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     output = Path(output_dir)
-    if getattr(spec, "streaming", False):
-        raise FlaxDistilError("pseudo-labelling needs a map-style source (streaming=False)")
     source = Source(spec)
-    num_shards = math.ceil(len(source) / options.shard_size)
-    if num_shards == 0:
-        raise FlaxDistilError(f"{spec.path}: the dataset has no rows")
+    if source.streaming:
+        from flax_distil.pseudo_label_stream import SourceShards
+
+        shards = SourceShards(source, output, options.shard_size)
+    else:
+        shards = RowShards(source, output, options.shard_size)
     if output.resolve() == Path(spec.path).resolve():
         raise FlaxDistilError("--output must not be the dataset's own directory")
-    check_manifest(output, _manifest(model, spec, len(source), num_shards, options))
-    todo = [
-        k for k in range(index, num_shards, count) if not shard_path(output, k, num_shards).exists()
-    ]
+    check_manifest(output, {**_manifest(model, spec, options), **shards.manifest()})
+    todo = shards.todo(index, count)
 
     transcriber = model
     if not isinstance(model, Transcriber):
@@ -119,16 +116,15 @@ def pseudo_label(
         transcriber = Transcriber.load(model, **loading)
     job = _Job(source, transcriber, options, _output_schema(source))
     job.check_decoding()
-    rows_todo = sum(len(_shard_rows(k, options.shard_size, len(source))) for k in todo)
     job.progress = tqdm(
-        total=rows_todo,
+        total=shards.rows_in(todo),  # None (unknown) for a streaming source
         unit="ex",
         desc="pseudo-labelling" + (f" (process {index}/{count})" if count > 1 else ""),
     )
     rows_done, seconds_done = 0, 0.0  # by this run
     for shard in todo:
-        stats = label_shard(job, shard, shard_path(output, shard, num_shards))
-        rows_done, seconds_done = rows_done + stats["rows"], seconds_done + stats["audio_seconds"]
+        rows, seconds = shards.label(job, shard)
+        rows_done, seconds_done = rows_done + rows, seconds_done + seconds
     job.progress.close()
     if count > 1:  # also waits until every process's shards exist
         from flax_distil.parallel import allgather
@@ -138,27 +134,61 @@ def pseudo_label(
     if index != 0:
         return None
     wall_seconds = time.perf_counter() - started
-    return write_summary(output, spec, num_shards, options, wall_seconds, (rows_done, seconds_done))
+    this_run = (rows_done, seconds_done)
+    paths = shards.paths()  # every shard's files, or an error naming a missing one
+    return write_summary(output, spec, paths, shards.count, options, wall_seconds, this_run)
 
 
-def shard_path(output: Path, shard: int, num_shards: int) -> Path:
-    return Path(output) / f"shard-{shard:05d}-of-{num_shards:05d}.parquet"
+class RowShards:
+    """A map-style source's output: shard k holds rows [k*S, (k+1)*S), in one file."""
+
+    def __init__(self, source: Source, output: Path, shard_size: int):
+        self.source, self.output, self.shard_size = source, output, shard_size
+        self.count = math.ceil(len(source) / shard_size)
+        if self.count == 0:
+            raise FlaxDistilError(f"{source.spec.path}: the dataset has no rows")
+
+    def manifest(self) -> dict:
+        return {"rows": len(self.source), "shards": self.count}
+
+    def path(self, shard: int) -> Path:
+        return self.output / f"shard-{shard:05d}-of-{self.count:05d}.parquet"
+
+    def rows(self, shard: int) -> range:
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.source)))
+
+    def todo(self, index: int, count: int) -> list[int]:
+        return [k for k in range(index, self.count, count) if not self.path(k).exists()]
+
+    def rows_in(self, shards: list[int]) -> int:
+        return sum(len(self.rows(k)) for k in shards)
+
+    def label(self, job: _Job, shard: int) -> tuple[int, float]:
+        """Labels and writes one shard; returns its (rows, audio seconds)."""
+        rows = ((self.source.table[i], self.source.example_id(i)) for i in self.rows(shard))
+        labelled, stats = label_rows(job, rows)
+        write_shard(self.path(shard), labelled, job.schema, {"shard": shard, **stats})
+        return stats["rows"], stats["audio_seconds"]
+
+    def paths(self) -> list[Path]:
+        paths = [self.path(k) for k in range(self.count)]
+        missing = [path.name for path in paths if not path.exists()]
+        if missing:
+            raise FlaxDistilError(
+                f"{len(missing)} of {self.count} shards are missing (e.g. {missing[0]}); "
+                "did a process fail? rerun the same command to finish them"
+            )
+        return paths
 
 
-def _shard_rows(shard: int, shard_size: int, num_rows: int) -> range:
-    return range(shard * shard_size, min((shard + 1) * shard_size, num_rows))
-
-
-def _manifest(model, spec: SourceSpec, num_rows: int, num_shards: int, options) -> dict:
-    """What a shard's content depends on; a restart must match it."""
+def _manifest(model, spec: SourceSpec, options) -> dict:
+    """What a shard's content depends on (beside the shard layout); a restart must match it."""
     return {
         "dataset": {
             key: getattr(spec, key)
             for key in ("kind", "path", "config", "split", "audio_column", "text_column")
         },
-        "rows": num_rows,
         "shard_size": options.shard_size,
-        "shards": num_shards,
         "model": model if isinstance(model, str) else "in-memory model",
         "timestamps": options.timestamps,
         "language": options.language,
@@ -168,47 +198,16 @@ def _manifest(model, spec: SourceSpec, num_rows: int, num_shards: int, options) 
     }
 
 
-def check_manifest(output: Path, manifest: dict) -> None:
-    """Writes the manifest into a new output directory, or checks a restart against it."""
-    path = output / MANIFEST
-    if not path.exists() and (output / _OLD_MANIFEST).exists():
-        path = output / _OLD_MANIFEST
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = [
-            f"{key} {saved.get(key)!r} there, {value!r} now"
-            for key, value in manifest.items()
-            if saved.get(key) != value
-        ]
-        if changed:
-            raise FlaxDistilError(
-                f"{output} holds pseudo-labels from another command ({'; '.join(changed)}); "
-                "rerun with the same arguments to resume, or use a new --output"
-            )
-        return
-    if any(output.glob("*.parquet")):
-        raise FlaxDistilError(f"{output} holds parquet files but no {MANIFEST}; use a new --output")
-    output.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps(manifest, indent=2).encode())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_bytes(data)
-    os.replace(temp, path)
-
-
 def _output_schema(source: Source):
     """The source's columns (their `datasets` features when it has them) plus the labels."""
     import datasets
     import pyarrow as pa
 
-    if isinstance(source.table, datasets.Dataset):
+    if getattr(source.table, "features", None) is not None:
         features = source.table.features.copy()
-    else:
-        features = datasets.Features.from_arrow_schema(
-            pa.Table.from_pylist(source.table.rows).schema
-        )
+    else:  # audiofolder and jsonl rows; a streaming dataset that names no features
+        rows = list(itertools.islice(source.table, 1)) if source.streaming else source.table.rows
+        features = datasets.Features.from_arrow_schema(pa.Table.from_pylist(rows).schema)
     features["whisper_transcript"] = datasets.Value("string")
     features["whisper_token_ids"] = datasets.List(datasets.Value("int32"))
     features["wer"] = datasets.Value("float64")
@@ -247,40 +246,45 @@ class _Job:
             raise FlaxDistilError(f"--max-new-tokens must be between 1 and {limit}")
 
 
-def label_shard(job: _Job, shard: int, path: Path) -> dict:
-    """Labels one shard's rows and writes them atomically; returns the shard's counts."""
+@dataclasses.dataclass
+class _Tally:
+    rows: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+def label_rows(job: _Job, rows: Iterable[tuple[dict, str]]) -> tuple[list[dict], dict]:
+    """Labels (source row, example id) pairs; returns the output rows and their counts (rows
+    read, labelled, skipped by reason, audio and wall seconds) for the shard file's metadata."""
     started = time.perf_counter()
-    rows = _shard_rows(shard, job.options.shard_size, len(job.source))
-    skipped, labelled, audio_seconds = collections.Counter(), [], 0.0
+    tally, labelled, audio_seconds = _Tally(), [], 0.0
     # The next batch's audio is read and decoded while the devices decode this one.
-    for batch in prefetched(_usable_batches(job, rows, skipped)):
+    for batch in prefetched(_usable_batches(job, rows, tally)):
         labelled += _labelled_rows(job, batch)
         audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
     stats = {
-        "shard": shard,
-        "rows": len(rows),
+        "rows": tally.rows,
         "labelled": len(labelled),
-        "skipped": dict(skipped),
+        "skipped": dict(tally.skipped),
         "audio_seconds": audio_seconds,
         "seconds": time.perf_counter() - started,
     }
-    _write_shard(path, labelled, job.schema, stats)
-    return stats
+    return labelled, stats
 
 
-def _usable_batches(job: _Job, rows: range, skipped: collections.Counter):
-    """Lists of (source row, ground truth, audio) of up to batch_size; unusable rows counted."""
+def _usable_batches(job: _Job, rows: Iterable[tuple[dict, str]], tally: _Tally):
+    """Lists of (output row, ground truth, audio) of up to batch_size; unusable rows counted."""
     batch = []
-    for index in rows:
-        raw = job.source[index]
+    for row, example_id in rows:
+        tally.rows += 1
+        raw = job.source.raw_example(row, example_id)
         try:
             clip = decode_audio(raw, job.limits)
         except Skipped as error:
             log.warning("skipping %s", error)
-            skipped[error.reason] += 1
+            tally.skipped[error.reason] += 1
             job.progress.update(1)
             continue
-        batch.append((_source_row(job.source, index), raw.text, clip))
+        batch.append((_output_row(job.source, row), raw.text, clip))
         if len(batch) == job.options.batch_size:
             yield batch
             batch = []
@@ -288,8 +292,8 @@ def _usable_batches(job: _Job, rows: range, skipped: collections.Counter):
         yield batch
 
 
-def _source_row(source: Source, index: int) -> dict:
-    row = dict(source.table[index])
+def _output_row(source: Source, row: dict) -> dict:
+    row = dict(row)
     audio = row[source.spec.audio_column]
     if isinstance(audio, str):  # audiofolder/jsonl paths: usable from any directory
         row[source.spec.audio_column] = os.path.abspath(audio)
@@ -311,65 +315,3 @@ def _labelled_rows(job: _Job, batch: list) -> list[dict]:
         )
     job.progress.update(len(batch))
     return out
-
-
-def _write_shard(path: Path, rows: list[dict], schema, stats: dict) -> None:
-    """Writes a hidden temporary file, flushes it to disk, then renames it into place."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    metadata = {**(schema.metadata or {}), _STATS_KEY: json.dumps(stats).encode()}
-    table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata(metadata)
-    temp = path.with_name(f".{path.name}.tmp")  # not *.parquet: parquet loaders never see it
-    pq.write_table(table, temp)
-    with open(temp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
-def shard_stats(path: Path) -> dict:
-    """The counts stored in a shard file's metadata."""
-    import pyarrow.parquet as pq
-
-    return json.loads(pq.read_schema(path).metadata[_STATS_KEY])
-
-
-def write_summary(output, spec, num_shards, options, wall_seconds, this_run) -> dict:
-    """Totals over every shard (from their metadata and `wer` columns) into _summary.json."""
-    import pyarrow.parquet as pq
-
-    paths = [shard_path(output, k, num_shards) for k in range(num_shards)]
-    missing = [path.name for path in paths if not path.exists()]
-    if missing:
-        raise FlaxDistilError(
-            f"{len(missing)} of {num_shards} shards are missing (e.g. {missing[0]}); "
-            "did a process fail? rerun the same command to finish them"
-        )
-    stats = [shard_stats(path) for path in paths]
-    wers = np.concatenate(
-        [pq.read_table(path, columns=["wer"])["wer"].to_numpy() for path in paths]
-    ).astype(np.float64)
-    skipped = collections.Counter()
-    for shard in stats:
-        skipped.update(shard["skipped"])
-    kept = int(np.sum(wers <= options.wer_threshold))  # NaN compares False: dropped
-    has_truth = ~np.isnan(wers)
-    summary = {
-        "dataset": spec.path,
-        "shards": num_shards,
-        "examples": sum(shard["rows"] for shard in stats),
-        "labelled": len(wers),
-        "skipped": dict(sorted(skipped.items())),
-        "audio_hours": sum(shard["audio_seconds"] for shard in stats) / 3600,
-        "wer_threshold": options.wer_threshold,
-        "kept": kept,
-        "dropped": len(wers) - kept,
-        "without_ground_truth": int(np.sum(~has_truth)),
-        "mean_wer": float(np.mean(wers[has_truth])) if has_truth.any() else None,
-        "wall_seconds": wall_seconds,
-        "examples_this_run": int(this_run[0]),
-        "examples_per_second": this_run[0] / wall_seconds,
-        "audio_seconds_per_second": this_run[1] / wall_seconds,
-    }
-    _write_atomically(Path(output) / SUMMARY, json.dumps(summary, indent=2).encode())
-    return summary

@@ -95,16 +95,22 @@ def add_pseudo_label(commands) -> None:
         help="transcribe a dataset with a teacher into parquet shards (restartable, multi-host)",
         description="Greedy-decode every row of a dataset with the teacher and write parquet "
         "shards with the original columns plus whisper_transcript, whisper_token_ids and wer "
-        "(against --text-column). Rerun the same command to resume after a crash. Multi-host: "
+        "(against --text-column); with --streaming, one set of shards per data file of the "
+        "dataset. Rerun the same command to resume after a crash. Multi-host: "
         "give --coordinator/--num-processes/--process-id on each host, or --distributed where "
         "jax.distributed.initialize() detects the cluster (Cloud TPU, SLURM).",
     )
     parser.add_argument("--model", required=True, help=f"teacher model source ({model_sources()})")
     parser.add_argument("--dataset", required=True, help=DATASETS)
-    add_dataset_flags(parser, text_help="ground truth for the wer column")
+    add_dataset_flags(parser, text_help="ground truth for the wer column", streaming=True)
     parser.add_argument("--output", required=True, help="directory for the parquet shards")
     add_decoding_flags(parser, batch_size=16)
-    parser.add_argument("--shard-size", type=int, default=1000, help="rows per parquet shard")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=1000,
+        help="rows per parquet shard (--streaming: per part of a data file's shard)",
+    )
     parser.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens")
     parser.add_argument(
         "--wer-threshold",

