@@ -141,6 +141,22 @@ def join_processes(coordinator=None, num_processes=None, process_id=None, auto=F
         raise FlaxDistilError(f"cannot join the distributed job ({error})") from error
 
 
+def fetch_whole(tree):
+    """`tree` with every array that other hosts hold parts of made whole on this host (numpy):
+    a replicated one from a local copy, a sharded one gathered from all hosts (a collective:
+    every host must call this with the same tree). Leaves this host holds whole stay as they
+    are."""
+
+    def whole(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            return leaf
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        return allgather(leaf, tiled=True)
+
+    return jax.tree.map(whole, tree)
+
+
 def allgather(tree, tiled: bool = False):
     """Every process's `tree` on every process, as numpy: leaves stacked on a new leading axis,
     or with `tiled` concatenated along the first (a global array: its whole value). A single

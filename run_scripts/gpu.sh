@@ -62,12 +62,13 @@ student() {
 
 label() {
   # bfloat16 weights and caches; English sets name their language (no per-batch detection).
+  # Parquet datasets only: datasets >= 4 refuses loading-script repos (mozilla-foundation/...).
   local batch=$((LABEL_PER_DEVICE * $(gpus)))
   "$CLI" pseudo-label --model "$TEACHER" --batch-size $batch --dtype bfloat16 --language en \
     --dataset openslr/librispeech_asr --dataset-config clean --split train.100 \
     --text-column text --output "$LABELS/librispeech" --wer-threshold 0.1
   "$CLI" pseudo-label --model "$TEACHER" --batch-size $batch --dtype bfloat16 --language en \
-    --dataset mozilla-foundation/common_voice_16_1 --dataset-config en --split train \
+    --dataset fixie-ai/common_voice_17_0 --dataset-config en --split train \
     --text-column sentence --output "$LABELS/common_voice" --wer-threshold 0.1
 }
 

@@ -17,11 +17,11 @@
 #   all        create install student label train
 #
 # Settings (environment variables): PROJECT, ZONE, TPU_NAME, ACCELERATOR, RUNTIME, SPOT=1,
-# BUCKET (gs://..., holds labels/ and runs/), RUN (run name), HF_TOKEN (Common Voice is gated).
+# BUCKET (gs://..., holds labels/ and runs/), RUN (run name), HF_TOKEN (for gated datasets).
 # On the TPU the bucket's labels/ is mounted at /mnt/labels (the paths the config names) and its
 # runs/ at /mnt/runs (the workdir: every host must see the same checkpoint directory).
-# The package installed is `git archive HEAD`: commit first. Common Voice needs HF_TOKEN and the
-# dataset's terms accepted; swap in your own sources in `label` and in the config's data.train.
+# The package installed is `git archive HEAD`: commit first. Gated hub datasets need HF_TOKEN
+# and their terms accepted; swap in your own sources in `label` and in the config's data.train.
 # TensorBoard: tensorboard --logdir $BUCKET/runs/$RUN (from any machine with gcloud credentials).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,7 +90,8 @@ student() {
 }
 
 label() {
-  # Every host runs the same command; --distributed lets jax find the other hosts.
+  # Every host runs the same command; --distributed lets jax find the other hosts. Parquet
+  # datasets only: datasets >= 4 refuses loading-script repos (mozilla-foundation/...).
   on_all "$env_line cd /mnt/labels &&
     $CLI pseudo-label --distributed --model $TEACHER --batch-size $LABEL_BATCH \
       --dtype bfloat16 --language en \
@@ -98,14 +99,17 @@ label() {
       --text-column text --output /mnt/labels/librispeech --wer-threshold 0.1 &&
     $CLI pseudo-label --distributed --model $TEACHER --batch-size $LABEL_BATCH \
       --dtype bfloat16 --language en \
-      --dataset mozilla-foundation/common_voice_16_1 --dataset-config en --split train \
+      --dataset fixie-ai/common_voice_17_0 --dataset-config en --split train \
       --text-column sentence --output /mnt/labels/common_voice --wer-threshold 0.1"
 }
 
 train() {
   # nohup: the job outlives the ssh session. The same command resumes from the last checkpoint.
+  # The workdir is a gcsfuse mount: orbax commits a checkpoint with a commit file, not a
+  # directory rename (which gcsfuse refuses without --rename-dir-limit).
   on_all "$env_line nohup $CLI train --config ~/flax-distil/$CONFIG --workdir $WORKDIR \
-    --distributed model.student=$STUDENT > ~/train.log 2>&1 < /dev/null &
+    --distributed model.student=$STUDENT checkpoint.atomicity=commit_file \
+    > ~/train.log 2>&1 < /dev/null &
     sleep 5; tail -n 5 ~/train.log"
 }
 

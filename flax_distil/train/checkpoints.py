@@ -2,19 +2,23 @@
 
 A checkpoint holds the train state (step, trainable student parameters, optimiser state, RNG)
 and, as JSON, the data-iterator state of every process plus the run's metrics; the frozen
-encoder and the teacher are rebuilt from the config, never saved. Saves are asynchronous;
-orbax writes each step to a temporary directory and renames it when complete, so a killed
-run never leaves a half-written checkpoint that a restart would pick up.
+encoder and the teacher are rebuilt from the config, never saved. Saves are asynchronous and
+atomic: orbax writes each step to a temporary directory and renames it when complete, or (on
+`gs://`, or with `checkpoint.atomicity=commit_file`) writes in place and marks the step
+complete with a commit file, so a killed run never leaves a half-written checkpoint that a
+restart would pick up. The workdir may be a local path or a `gs://` URL: it reaches orbax as an
+`etils.epath.Path`, never through `pathlib`, which would mangle the URL.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from flax_distil.errors import FlaxDistilError
@@ -40,7 +44,7 @@ def _all_process_states(local_state: dict) -> list[dict]:
 class Checkpointer:
     """orbax `CheckpointManager` for `workdir/checkpoints`."""
 
-    def __init__(self, workdir: str | Path, config: CheckpointConfig):
+    def __init__(self, workdir: str | epath.PathLike, config: CheckpointConfig):
         policies = [checkpoint_managers.LatestN(config.keep)]
         if config.keep_best:
             policies.append(
@@ -55,8 +59,11 @@ class Checkpointer:
             enable_async_checkpointing=config.async_save,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             create=True,
+            atomicity_options=ocp.options.AtomicityOptions(
+                mode=ocp.options.AtomicityMode(config.atomicity)
+            ),
         )
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = checkpoint_directory(workdir)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -91,12 +98,27 @@ class Checkpointer:
             )
         return restored["state"], processes[jax.process_index()]
 
+    def restore_state(self, step: int, abstract_state):
+        """The train state alone, laid out like `abstract_state` (without the data state, any
+        number of processes can read it: `export` on one host of a pod's run)."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return restored["state"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def checkpoint_directory(workdir: str | epath.PathLike) -> epath.Path:
+    """`workdir/checkpoints`, absolute for a local workdir, a `gs://` URL kept as it is
+    (resolving a URL as a local path would turn it into `cwd/gs:/...`)."""
+    text = str(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text)) / "checkpoints"
 
 
 def abstract_like(tree, shardings):

@@ -1,9 +1,10 @@
 """Model FLOPs of the distillation step, counted from the Whisper shapes, and the matmul peak.
 
-Model FLOPs utilisation (MFU) = counted FLOPs per second / the FLOP/s of a large matmul
-measured on the same device. Only matmul-like work is counted (projections, attention scores
-and mixing, convolutions, the vocabulary projection), at 2 FLOPs per multiply-add; padded label
-positions count, since they are computed.
+Model FLOPs utilisation (MFU) = counted FLOPs per second of the global batch / the peak of all
+the job's devices (a device's peak: the FLOP/s of a large matmul measured on it). Only
+matmul-like work is counted (projections, attention scores and mixing, convolutions, the
+vocabulary projection), at 2 FLOPs per multiply-add; padded label positions count, since they
+are computed.
 """
 
 from __future__ import annotations
@@ -76,3 +77,12 @@ def matmul_flops_per_second(size: int = 2048, dtype=jnp.float32, repeats: int = 
         matmul(a, a).block_until_ready()
         times.append(time.perf_counter() - started)
     return 2 * size**3 / statistics.median(times)
+
+
+def model_flops_utilisation(
+    flops_per_step: float, seconds_per_step: float, peak_per_device: float, device_count: int
+) -> float:
+    """MFU of a step whose `flops_per_step` (the whole global batch) ran on `device_count`
+    devices in `seconds_per_step`: the global FLOP rate over the global peak. The same step
+    reports the same MFU however its devices are split into processes."""
+    return flops_per_step / seconds_per_step / (peak_per_device * device_count)

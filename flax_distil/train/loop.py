@@ -4,8 +4,10 @@
 
 `train` builds the run (`train.run`), compiles the step, then loops: log, eval, checkpoint, and
 on SIGTERM save and exit. Running again on the same workdir resumes from its latest checkpoint
-exactly: same batches, same parameters, same loss curve. The math lives in `train.step`, the
-data in `flax_distil.data`.
+exactly: same batches, same parameters, same loss curve, and reuses the programs compiled by the
+earlier run (`checkpoint.compilation_cache`). In a multi-host job an exception on one host ends
+every host promptly (`train.failures`). The math lives in `train.step`, the data in
+`flax_distil.data`.
 
 Metrics of step t are read after step t + 1 has been dispatched, so the host never stalls the
 device to fetch them; they are read at once when a log, eval or checkpoint needs them. A step
@@ -27,19 +29,20 @@ import numpy as np
 from tqdm import tqdm
 
 from flax_distil import parallel
-from flax_distil.data.batches import pad_labels
 from flax_distil.errors import FlaxDistilError
 from flax_distil.metrics import percent
-from flax_distil.train import checkpoints
+from flax_distil.train import checkpoints, compilation_cache
 from flax_distil.train.config import Config
+from flax_distil.train.device_batches import DeviceBatches
 from flax_distil.train.encoder_cache import EncoderCache
 from flax_distil.train.eval import make_eval
 from flax_distil.train.export import export_student
+from flax_distil.train.failures import fail_together
+from flax_distil.train.flops import model_flops_utilisation
 from flax_distil.train.metric_writer import MetricWriter, flatten
 from flax_distil.train.optimizer import make_optimizer
 from flax_distil.train.plan import ProgramMemory, describe_run
 from flax_distil.train.run import (
-    STEP_INPUTS,
     Run,
     batch_shapes,
     build_run,
@@ -55,25 +58,29 @@ log = logging.getLogger(__name__)
 LOGGED = ("loss", "ce", "kl", "grad_norm", "param_norm", "learning_rate")
 
 
-def agreed_label_length(local_length: int) -> int:
-    """The longest label length over all processes (their rows form one global array)."""
-    return int(np.max(parallel.allgather(np.int32(local_length))))
-
-
 class Preemption:
-    """SIGTERM (TPU preemption, SLURM, `kill`) asks the loop to checkpoint and exit."""
+    """SIGTERM (TPU preemption, SLURM, `kill`) asks the loop to checkpoint and exit.
 
-    def __init__(self):
+    All hosts must save at the same step, so in a multi-host job they agree on whether any of
+    them got the signal only every `check_every` steps: a blocking collective every step would
+    keep each host from running ahead of its devices. A single process acts on its own signal at
+    the next step, with no collective at all."""
+
+    def __init__(self, check_every: int = 1, process_count: int | None = None):
         self.requested = False
+        self.check_every = check_every
+        self.process_count = jax.process_count() if process_count is None else process_count
         self.previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
-    def agreed(self) -> bool:
-        """Whether any host was asked to stop (all hosts must save together)."""
-        if jax.process_count() == 1:
+    def agreed(self, step: int) -> bool:
+        """Whether the hosts stop after `step` (the same answer on every host)."""
+        if self.process_count == 1:
             return self.requested
+        if step % self.check_every:
+            return False
         return bool(np.any(parallel.allgather(np.asarray(self.requested))))
 
     def restore(self) -> None:
@@ -85,17 +92,18 @@ class Loop:
         self.job, self.step_fn, self.state = run, step_fn, state
         self.config = run.config
         self.checkpointer = checkpoints.Checkpointer(run.workdir, self.config.checkpoint)
-        self.batches = train_batches(run)
+        self.batches = DeviceBatches(train_batches(run), run.mesh)  # one batch ahead
         self.start_step = self._resume(state_shardings)
         self.writer = MetricWriter(run.workdir, resume_step=self.start_step)
         self.evaluate = make_eval(run)
         self.encoder_cache = None
         if self.config.data.cache_encoder_outputs:
             self.encoder_cache = EncoderCache(run.models, run.settings.num_mel_bins, run.mesh)
-        self.preemption = Preemption()
+        self.preemption = Preemption(self.config.checkpoint.preemption_check_every)
         self.peak = peak_flops(run)
         self.skipped_steps = 0
         self.last_eval: dict = {}
+        self.last_eval_step: int | None = None
 
     def _resume(self, state_shardings) -> int:
         step = self.checkpointer.latest_step()
@@ -129,15 +137,8 @@ class Loop:
             disable=jax.process_index() != 0,
         )
         for step in range(self.start_step + 1, config.train.num_steps + 1):
-            batch = next(self.batches)
-            if self.config.data.label_bucket and jax.process_count() > 1:
-                # Label lengths vary per batch: every host's rows must be as long as the longest.
-                length = agreed_label_length(batch["labels"].shape[1])
-                batch = pad_labels(batch, length, self.batches.eos)
+            batch, arrays = next(self.batches)  # already on the devices; the next one sent
             interval_flops += step_flops(self.job, batch["labels"].shape[1])
-            arrays = parallel.global_batch(
-                self.job.mesh, {k: v for k, v in batch.items() if k in STEP_INPUTS}
-            )
             if self.encoder_cache is not None:
                 arrays = self.encoder_cache.step_inputs(batch["ids"], arrays, self.job.models)
             self.state, metrics = self.step_fn(self.state, self.job.models.frozen, arrays)
@@ -152,7 +153,7 @@ class Loop:
                 "eval": bool(config.eval.every) and step % config.eval.every == 0,
                 "checkpoint": step % config.checkpoint.every == 0 or final,
             }
-            stop = self.preemption.agreed()
+            stop = self.preemption.agreed(step)
             if any(due.values()) or stop:
                 last = self._check(*pending)
                 pending = None
@@ -198,7 +199,7 @@ class Loop:
             step_time=seconds_per_step,
             samples_per_second=batch / seconds_per_step,
             tokens_per_second=values["tokens"] / seconds_per_step,
-            mfu=flops / seconds_per_step / self.peak,
+            mfu=model_flops_utilisation(flops, seconds_per_step, self.peak, self.job.mesh.size),
             skipped_steps=self.skipped_steps,
         )
         skipped = self.batches.stream.skipped
@@ -215,12 +216,15 @@ class Loop:
             shown = samples[name][: self.config.eval.num_samples_logged]
             table = "\n\n".join(f"**reference:** {r}  \n**prediction:** {p}" for r, p in shown)
             self.writer.text(step, f"samples/{name}", table)
-        self.last_eval = results
+        self.last_eval, self.last_eval_step = results, step
         summary = ", ".join(f"{n} WER {percent(v['wer'])}" for n, v in results.items())
         tqdm.write(f"step {step}: {summary} ({time.perf_counter() - started:.0f}s)")
 
     def _save(self, step: int) -> None:
-        wers = [v["wer"] for v in self.last_eval.values()]
+        # Only an eval of this very step ranks the checkpoint for `keep_best`: a save between
+        # evals (SIGTERM, `checkpoint.every`) must not inherit an earlier step's WER.
+        evaluated = self.last_eval_step == step
+        wers = [v["wer"] for v in self.last_eval.values()] if evaluated else []
         self.checkpointer.save(
             step,
             self.state,
@@ -236,7 +240,13 @@ class Loop:
 
 def train(config: Config, workdir: str | Path, *, dry_run: bool = False, devices=None) -> dict:
     """Trains (or resumes) in `workdir`; returns the last train and eval metrics."""
+    with fail_together():
+        return _train(config, workdir, dry_run=dry_run, devices=devices)
+
+
+def _train(config: Config, workdir: str | Path, *, dry_run: bool, devices) -> dict:
     workdir = prepare_workdir(config, workdir)
+    cache = compilation_cache.enable_compilation_cache(config.checkpoint.compilation_cache, workdir)
     run = build_run(config, workdir, devices)
     optimizer, schedule = make_optimizer(config.train)
     state, state_shardings = sharded_state(run, optimizer)
@@ -250,6 +260,9 @@ def train(config: Config, workdir: str | Path, *, dry_run: bool = False, devices
         return {"report": report, "memory": dataclasses.asdict(ProgramMemory.of(compiled))}
     loop = Loop(run, step_fn, schedule, state, state_shardings)
     try:
-        return loop.run()
+        result = loop.run()
     finally:
         loop.close()
+    if cache is not None:
+        print(f"compilation cache: {compilation_cache.reused()} programs reused from {cache}")
+    return result

@@ -6,7 +6,9 @@ times in seconds); sample transcripts as text; and the hyperparameters with the 
 are judged by (eval WER and loss per set, train loss), so TensorBoard's HPARAMS tab shows them
 side by side. `metrics.jsonl` has one line per logged step (train scalars) or eval; a resumed run
 first cuts the lines after the restored step, so the file always tells one uninterrupted
-history.
+history. The workdir may be a `gs://` URL (an `etils.epath` path): tensorboardX writes event
+files there itself, and `metrics.jsonl` is rewritten whole at each record (object stores cannot
+append; the file is small).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 import jax
+from etils import epath
 
 from flax_distil.metrics import json_safe
 
@@ -46,14 +49,16 @@ def describe(name: str) -> str:
 class MetricWriter:
     def __init__(self, workdir: str | Path, resume_step: int = 0):
         self.active = jax.process_index() == 0
-        self.log_path = Path(workdir) / "metrics.jsonl"
-        self.writer = None
+        self.log_path = epath.Path(workdir) / "metrics.jsonl"
+        self.writer, self.lines = None, []
         if not self.active:
             return
         from tensorboardX import SummaryWriter
 
-        _truncate_after(self.log_path, resume_step)
-        self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+        self.lines = _lines_until(self.log_path, resume_step)
+        self.log_path.write_text("".join(self.lines))
+        tensorboard = str(epath.Path(workdir) / "tensorboard")
+        self.writer = SummaryWriter(tensorboard, purge_step=resume_step + 1)
 
     def scalars(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         if not self.active:
@@ -66,8 +71,8 @@ class MetricWriter:
             )
             self.writer.add_scalar(f"{kind}/{name}", value, step, summary_description=description)
         record = {"step": step, "kind": kind, **json_safe({k: float(v) for k, v in values.items()})}
-        with self.log_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.lines.append(json.dumps(record) + "\n")
+        self.log_path.write_text("".join(self.lines))
 
     def text(self, step: int, tag: str, text: str) -> None:
         """Markdown text under `tag` exactly (tensorboardX's add_text appends '/text_summary')."""
@@ -119,15 +124,16 @@ def _hparam_value(value):
     return str(value)
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def _lines_until(path: epath.Path, step: int) -> list[str]:
+    """The log's lines up to `step` (a resumed run cuts what came after its checkpoint)."""
     if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+        return []
+    lines = path.read_text().splitlines()
+    return [line + "\n" for line in lines if json.loads(line)["step"] <= step]
 
 
 def read_metrics(workdir: str | Path, kind: str = "train") -> list[dict]:
-    path = Path(workdir) / "metrics.jsonl"
+    path = epath.Path(workdir) / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return [r for r in records if r["kind"] == kind]
 

@@ -5,6 +5,7 @@ the CLI for kill/restart), since the CPU device count is fixed when jax starts.
 """
 
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,18 +26,24 @@ from .conftest import assert_relative, settings
 WORKER = Path(__file__).parent / "train_worker.py"
 
 
-def worker(devices, workdir, overrides, process=None, wait=True):
+def worker(devices, workdir, overrides, process=None, wait=True, **env):
+    """Runs train_worker.py (env: its test hooks); returns the process, or with `wait` its
+    output once it succeeded."""
     command = [sys.executable, str(WORKER), str(devices), str(workdir), *overrides]
     if process is not None:
         command += ["--process", *map(str, process)]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=checkout_env()
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=checkout_env(**env),
     )
     if not wait:
         return proc
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
-    return proc
+    return output
 
 
 def outcome(workdir):
@@ -63,18 +70,67 @@ def test_eight_devices_and_fsdp_match_one_device(tiny_teacher, corpus, tmp_path)
     assert_same_run(tmp_path / "fsdp", tmp_path / "one")
 
 
-def test_two_processes_match_one_process_with_two_devices(tiny_teacher, corpus, tmp_path):
-    overrides = settings(tiny_teacher, corpus, **{"data.label_bucket": 1})  # hosts agree
-    worker(2, tmp_path / "single", overrides)
+def flops_over_peak(workdir):
+    """MFU x step time of every logged step: the step's FLOPs over the job's peak, which the
+    device split into processes must not change (wall-clock time cancels out)."""
+    return [record["mfu"] * record["step_time"] for record in read_metrics(workdir)]
+
+
+def test_two_processes_with_fsdp_over_both_match_one_process(tiny_teacher, corpus, tmp_path):
+    """2 processes x 2 devices with fsdp=4 (frozen and trained weights split over both hosts):
+    the losses, the exported student (gathered from both hosts) and the MFU of 1 process with
+    4 devices (the per-device peak is "measured": a fixed stand-in value here); `export` on
+    one single-device process writes the same student from the 2 hosts' checkpoint."""
+    # A hub source (the corpus's parquet): one global order, so 2 hosts' batches are the single
+    # process's batch (local sources are sharded by file: each host reads other rows).
+    hub = f"[{{kind: hub, path: {corpus[1]}, text_column: sentence}}]"
+    overrides = settings(
+        tiny_teacher,
+        corpus,
+        **{"data.label_bucket": 1, "mesh.data": 1, "mesh.fsdp": 4, "log.peak_flops": 0},
+        **{"data.train": hub},
+    )
+    peak = {"WORKER_MATMUL_FLOPS": "1e9"}
+    worker(4, tmp_path / "single", overrides, **peak)
     port = free_port()
     procs = [
-        worker(1, tmp_path / "multi", overrides, process=(index, 2, port), wait=False)
+        worker(2, tmp_path / "multi", overrides, process=(index, 2, port), wait=False, **peak)
         for index in range(2)
     ]
     for proc in procs:
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output[-3000:]
     assert_same_run(tmp_path / "multi", tmp_path / "single")
+    np.testing.assert_allclose(
+        flops_over_peak(tmp_path / "multi"), flops_over_peak(tmp_path / "single"), rtol=1e-9
+    )
+    # `export` on this one process (one device) reads the 2 hosts' fsdp=4 checkpoint
+    assert export_from_workdir(tmp_path / "multi", tmp_path / "exported") == 10
+    exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    _, trained = outcome(tmp_path / "multi")
+    assert exported.keys() == trained.keys()
+    for name, value in trained.items():
+        np.testing.assert_array_equal(exported[name], value)
+
+
+def test_a_failing_process_ends_every_process_promptly(tiny_teacher, corpus, tmp_path):
+    overrides = settings(tiny_teacher, corpus, **{"data.label_bucket": 1})
+    port = free_port()
+    procs = [
+        worker(1, tmp_path, overrides, process=(index, 2, port), wait=False, WORKER_FAIL_AT="1:1")
+        for index in range(2)
+    ]
+    try:
+        failing_output, _ = procs[1].communicate(timeout=300)  # start-up, then step 1 fails
+        failed_at = time.perf_counter()
+        healthy_output, _ = procs[0].communicate(timeout=60)
+    finally:
+        for proc in procs:
+            proc.kill()
+    last_line = healthy_output.strip().splitlines()[-1]
+    print(f"process 0 exited {time.perf_counter() - failed_at:.1f} s after process 1: {last_line}")
+    assert procs[1].returncode != 0 and "injected failure at step 1" in failing_output
+    assert procs[0].returncode != 0, healthy_output[-3000:]
 
 
 def cli_train(workdir, overrides):
@@ -121,6 +177,10 @@ def test_sigterm_and_kill_then_rerun_equal_an_uninterrupted_run(tiny_teacher, co
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     assert "resumed from step" in output
+    # the step compiled by the earlier runs in this workdir is read back, not recompiled
+    reused = re.search(r"compilation cache: (\d+) programs reused", output)
+    assert reused and int(reused.group(1)) > 0, output[-3000:]
+    assert any((tmp_path / "b" / "compilation_cache").iterdir())
     assert_same_run(tmp_path / "b", tmp_path / "a", tolerance=0.0)  # bitwise on CPU
 
 
@@ -134,8 +194,8 @@ def test_nan_stops_with_last_good_checkpoint_restorable(
 
     def poisoned(mesh, batch):
         calls["n"] += 1
-        if calls["n"] == 5:  # the fifth step's audio is NaN
-            batch = {**batch, "audio": np.full_like(batch["audio"], np.nan)}
+        if calls["n"] == 5:  # the fifth step's loss mask is NaN (its audio is int16 PCM)
+            batch = {**batch, "loss_mask": np.full_like(batch["loss_mask"], np.nan)}
         return real_global_batch(mesh, batch)
 
     monkeypatch.setattr(loop.parallel, "global_batch", poisoned)
