@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import multiprocessing
 
+from flax_distil.audio import float_to_pcm16
 from flax_distil.data.examples import (
     FILTER_REASONS,
     Example,
@@ -46,11 +48,14 @@ def decoding_in_workers(stream: ExampleStream, num_workers: int):
 
 
 def _decode_or_skip(raw, limits: ExampleFilter) -> Example | Skipped:
-    """In a worker: the example, or the reason it is skipped (returned, not raised)."""
+    """In a worker: the example with its audio as int16 PCM (what the batch holds: half the
+    bytes to send back, and the conversion off the parent), or the reason it is skipped
+    (returned, not raised)."""
     try:
-        return decode_example(raw, limits)
+        example = decode_example(raw, limits)
     except Skipped as skipped:
         return skipped
+    return dataclasses.replace(example, audio=float_to_pcm16(example.audio))
 
 
 def _context():
