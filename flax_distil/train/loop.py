@@ -236,6 +236,9 @@ class Loop:
         self.checkpointer.close()
         self.writer.close()
         self.preemption.restore()
+        stop_workers = getattr(self.batches.stream, "close", None)  # data.num_workers > 0
+        if stop_workers is not None:
+            stop_workers()
 
 
 def train(config: Config, workdir: str | Path, *, dry_run: bool = False, devices=None) -> dict:

@@ -1,6 +1,8 @@
 """The trainer's parallel input path end to end: decoding workers, int16 audio and batches put
 on the devices one step ahead train exactly like in-thread decoding, across a resume."""
 
+import multiprocessing
+
 from flax_distil.train import load_config, train
 
 from .conftest import settings
@@ -18,4 +20,5 @@ def test_decoding_workers_and_device_prefetch_resume_like_the_batch_thread(
     train(load_config(None, [*workers, "train.num_steps=2"]), tmp_path / "workers")
     result = train(load_config(None, workers), tmp_path / "workers")
     assert result["finished"]
+    assert not multiprocessing.active_children()  # the run stopped its decoding workers
     assert_same_run(tmp_path / "workers", tmp_path / "thread", tolerance=0.0)  # bitwise on CPU
