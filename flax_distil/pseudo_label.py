@@ -51,6 +51,7 @@ from flax_distil.errors import FlaxDistilError
 from flax_distil.generation import DecodeOptions, Transcriber, default_dtype
 from flax_distil.metrics import label_wer
 from flax_distil.pseudo_label_files import check_manifest, write_shard, write_summary
+from flax_distil.pseudo_label_stream import SourceShards
 from flax_distil.tokenizer import DEFAULT_MAX_NEW_TOKENS
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,8 @@ def pseudo_label(
     count = jax.process_count() if process_count is None else process_count
     output = Path(output_dir)
     source = Source(spec)
-    if source.streaming:
-        from flax_distil.pseudo_label_stream import SourceShards
-
-        shards = SourceShards(source, output, options.shard_size)
-    else:
-        shards = RowShards(source, output, options.shard_size)
+    layout = SourceShards if source.streaming else RowShards
+    shards = layout(source, output, options.shard_size)
     if output.resolve() == Path(spec.path).resolve():
         raise FlaxDistilError("--output must not be the dataset's own directory")
     check_manifest(output, {**_manifest(model, spec, options), **shards.manifest()})
@@ -166,7 +163,7 @@ class RowShards:
     def label(self, job: _Job, shard: int) -> tuple[int, float]:
         """Labels and writes one shard; returns its (rows, audio seconds)."""
         rows = ((self.source.table[i], self.source.example_id(i)) for i in self.rows(shard))
-        labelled, stats = label_rows(job, rows)
+        labelled, stats = job.label_rows(rows)
         write_shard(self.path(shard), labelled, job.schema, {"shard": shard, **stats})
         return stats["rows"], stats["audio_seconds"]
 
@@ -245,30 +242,30 @@ class _Job:
         if not self.options.max_new_tokens <= limit:
             raise FlaxDistilError(f"--max-new-tokens must be between 1 and {limit}")
 
+    def label_rows(self, rows: Iterable[tuple[dict, str]]) -> tuple[list[dict], dict]:
+        """Labels (source row, example id) pairs; returns the output rows and their counts (rows
+        read, labelled, skipped by reason, audio and wall seconds) for the shard file's
+        metadata. Both shard layouts (`RowShards`, `pseudo_label_stream.SourceShards`) call it."""
+        started = time.perf_counter()
+        tally, labelled, audio_seconds = _Tally(), [], 0.0
+        # The next batch's audio is read and decoded while the devices decode this one.
+        for batch in prefetched(_usable_batches(self, rows, tally)):
+            labelled += _labelled_rows(self, batch)
+            audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
+        stats = {
+            "rows": tally.rows,
+            "labelled": len(labelled),
+            "skipped": dict(tally.skipped),
+            "audio_seconds": audio_seconds,
+            "seconds": time.perf_counter() - started,
+        }
+        return labelled, stats
+
 
 @dataclasses.dataclass
 class _Tally:
     rows: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-
-
-def label_rows(job: _Job, rows: Iterable[tuple[dict, str]]) -> tuple[list[dict], dict]:
-    """Labels (source row, example id) pairs; returns the output rows and their counts (rows
-    read, labelled, skipped by reason, audio and wall seconds) for the shard file's metadata."""
-    started = time.perf_counter()
-    tally, labelled, audio_seconds = _Tally(), [], 0.0
-    # The next batch's audio is read and decoded while the devices decode this one.
-    for batch in prefetched(_usable_batches(job, rows, tally)):
-        labelled += _labelled_rows(job, batch)
-        audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
-    stats = {
-        "rows": tally.rows,
-        "labelled": len(labelled),
-        "skipped": dict(tally.skipped),
-        "audio_seconds": audio_seconds,
-        "seconds": time.perf_counter() - started,
-    }
-    return labelled, stats
 
 
 def _usable_batches(job: _Job, rows: Iterable[tuple[dict, str]], tally: _Tally):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from flax_distil.data.sources import Source
 from flax_distil.errors import FlaxDistilError
-from flax_distil.pseudo_label import label_rows
 from flax_distil.pseudo_label_files import shard_stats, write_shard
 
 
@@ -74,7 +73,7 @@ class SourceShards:
         while True:
             ahead = [] if head is None else [head]  # an empty shard: one empty, last part
             piece = itertools.islice(itertools.chain(ahead, rows), self.shard_size)
-            labelled, stats = label_rows(job, piece)
+            labelled, stats = job.label_rows(piece)
             head = next(rows, None)
             stats = {"shard": shard, "part": part, "last": head is None, **stats}
             write_shard(self.part_path(shard, part), labelled, job.schema, stats)

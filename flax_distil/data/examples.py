@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import logging
 import os
 
 import numpy as np
@@ -18,6 +19,8 @@ from flax_distil.audio import SAMPLE_RATE, prepare_audio
 from flax_distil.data.sources import RawExample
 from flax_distil.errors import FlaxDistilError
 from flax_distil.metrics import label_wer
+
+log = logging.getLogger(__name__)
 
 SKIP_REASONS = (
     "missing_file",
@@ -130,6 +133,14 @@ class SkipCounter(collections.Counter):
         self.seen = 0
         self.max_skip_ratio = max_skip_ratio
         self.min_seen = min_seen
+
+    def record_decoded(self, skipped: Skipped | None) -> None:
+        """Counts one decoded example (`skipped`: why it cannot be used), logging a skip:
+        quietly for deliberate filtering, as a warning for broken input."""
+        if skipped is not None:
+            level = logging.DEBUG if skipped.reason in FILTER_REASONS else logging.WARNING
+            log.log(level, "skipping %s", skipped)
+        self.record(skipped)
 
     def record(self, skipped: Skipped | None, already_seen: bool = False) -> None:
         """Counts one example (unless `already_seen`: rejected after it was counted as good)."""

@@ -35,12 +35,9 @@ start up to the saved position without decoding them, so a resume costs reading,
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from flax_distil.data.examples import (
-    FILTER_REASONS,
     Example,
     ExampleFilter,
     SkipCounter,
@@ -52,7 +49,6 @@ from flax_distil.data.mixing import check_strategy, epoch_order, mixed_order, mi
 from flax_distil.data.sources import LOCAL_KINDS, RawExample, Source
 from flax_distil.errors import FlaxDistilError
 
-log = logging.getLogger(__name__)
 _DRAWS = 1024  # weighted source draws made at a time for an order with streaming sources
 __all__ = ["ExampleStream", "epoch_order"]
 
@@ -243,11 +239,9 @@ class ExampleStream:
         try:
             example = decode_example(raw, self.limits)
         except Skipped as skipped:
-            level = logging.DEBUG if skipped.reason in FILTER_REASONS else logging.WARNING
-            log.log(level, "skipping %s", skipped)
-            self.skipped.record(skipped)
+            self.skipped.record_decoded(skipped)
             return None
-        self.skipped.record(None)
+        self.skipped.record_decoded(None)
         return example
 
     def _next_streamed(self) -> Example | None:

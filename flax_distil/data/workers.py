@@ -21,12 +21,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import logging
 import multiprocessing
 
 from flax_distil.audio import float_to_pcm16
 from flax_distil.data.examples import (
-    FILTER_REASONS,
     Example,
     ExampleFilter,
     SkipCounter,
@@ -36,7 +34,6 @@ from flax_distil.data.examples import (
 from flax_distil.data.stream import ExampleStream
 from flax_distil.errors import FlaxDistilError
 
-log = logging.getLogger(__name__)
 AHEAD_PER_WORKER = 4  # examples in flight per worker: enough to hide one slow file
 
 
@@ -106,11 +103,9 @@ class WorkerStream:
                 raise FlaxDistilError("no usable example in a whole epoch of this host's data")
             self._consumed = state
             if isinstance(result, Example):
-                self.skipped.record(None)
+                self.skipped.record_decoded(None)
                 return result
-            level = logging.DEBUG if result.reason in FILTER_REASONS else logging.WARNING
-            log.log(level, "skipping %s", result)
-            self.skipped.record(result)
+            self.skipped.record_decoded(result)
 
     def _take(self) -> tuple[Example | Skipped, dict]:
         """The next result in the stream's order, with the reader's state after it."""
