@@ -11,13 +11,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))  # the PyTorch peer's env may not have flax_distil installed
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found" line
 
 
 def pin_threads(threads: int) -> None:
-    """Restricts this process (and its children) to `threads` cores, before jax/torch start."""
+    """Restricts this process (and its children) to `threads` cores, before jax/torch start,
+    and gives it the host-memory settings `flax-distil` runs with (`host_memory`), unless
+    FLAX_DISTIL_KEEP_FREED_MEMORY=0 (how `run_peer` runs a peer with malloc as it ships)."""
+    from flax_distil.host_memory import keep_freed_memory
+
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cores[:threads])
+    keep_freed_memory()
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -53,10 +59,19 @@ def reference_python() -> str:
     return python
 
 
-def run_peer(script: str, *args: str) -> dict:
-    """Runs `script --peer ARGS` in the PyTorch reference env; returns its JSON line."""
+def run_peer(script: str, *args: str, keep_freed_memory: bool = False) -> dict:
+    """Runs `script --peer ARGS` in the PyTorch reference env; returns its JSON line.
+
+    The peer runs with glibc's malloc as it ships unless `keep_freed_memory`: PyTorch's CPU
+    allocator sits on malloc too, so with flax-distil's host-memory settings it stops
+    page-faulting its temporaries as well (`run_scripts/bench_train.py` reports both)."""
+    env = dict(os.environ, FLAX_DISTIL_KEEP_FREED_MEMORY="1" if keep_freed_memory else "0")
     result = subprocess.run(
-        [reference_python(), script, "--peer", *args], capture_output=True, text=True, check=False
+        [reference_python(), script, "--peer", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if result.returncode:
         sys.exit(f"error: the PyTorch peer failed:\n{result.stderr[-2000:]}")

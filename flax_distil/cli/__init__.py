@@ -25,6 +25,7 @@ import sys
 
 from flax_distil.cli import datasets, evaluation, models, training
 from flax_distil.errors import FlaxDistilError
+from flax_distil.host_memory import keep_freed_memory
 
 SUBCOMMANDS = (
     models.add_convert,
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `plan` reruns itself with the device count it plans for
+    keep_freed_memory()  # before JAX starts: its CPU temporaries reuse memory, no page faults
     try:
         return args.handler(args) or 0
     except FlaxDistilError as error:

@@ -31,7 +31,9 @@ def _attend(q, k, v, mask):
     scores = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-    weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    # The shift only keeps exp in range: softmax does not depend on it, so no gradient flows
+    # through it (its gradient would be a [B,H,T,S] compare and reduce, exactly zero in sum).
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
     out = jnp.einsum(
         "bhts,bhsd->bhtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
