@@ -15,6 +15,11 @@ An output row is the source row, audio untouched (bytes, or a path made absolute
 `whisper_transcript`, `whisper_token_ids` (without the prompt and end-of-text; timestamp tokens
 included with `timestamps`) and `wer`: a fraction, transcript against the text column after
 Whisper's English normaliser (`flax_distil.metrics.label_wer`), NaN without usable ground truth.
+A packed source (`flax-distil pack`: a `condition_on_prev` column) also gets
+`condition_on_prev_token_ids`: the previous window's `whisper_token_ids` when that window is in
+the same shard (the row whose text is this row's `condition_on_prev`), else empty, so that
+training prompts with the teacher's own previous output, timestamps included, as sequential
+long-form decoding does.
 Rows whose audio is unusable (the data module's skip reasons) are logged, left out and counted by
 reason in the shard's parquet metadata. Once every shard exists, process 0 writes `_summary.json`:
 examples, skipped, audio hours, kept/dropped by `wer_threshold` (no ground truth counts as
@@ -46,7 +51,7 @@ from tqdm import tqdm
 from flax_distil.audio import SAMPLE_RATE
 from flax_distil.data.examples import ExampleFilter, Skipped, decode_audio
 from flax_distil.data.prefetch import prefetched
-from flax_distil.data.sources import Source, SourceSpec
+from flax_distil.data.sources import PREVIOUS_TOKEN_IDS_COLUMN, Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation import DecodeOptions, Transcriber, default_dtype
 from flax_distil.metrics import label_wer
@@ -208,6 +213,8 @@ def _output_schema(source: Source):
     features["whisper_transcript"] = datasets.Value("string")
     features["whisper_token_ids"] = datasets.List(datasets.Value("int32"))
     features["wer"] = datasets.Value("float64")
+    if source.spec.previous_column in features:
+        features[PREVIOUS_TOKEN_IDS_COLUMN] = datasets.List(datasets.Value("int32"))
     return features.arrow_schema
 
 
@@ -252,6 +259,8 @@ class _Job:
         for batch in prefetched(_usable_batches(self, rows, tally)):
             labelled += _labelled_rows(self, batch)
             audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
+        if PREVIOUS_TOKEN_IDS_COLUMN in self.schema.names:
+            _link_previous_windows(self.source.spec, labelled)
         stats = {
             "rows": tally.rows,
             "labelled": len(labelled),
@@ -287,6 +296,15 @@ def _usable_batches(job: _Job, rows: Iterable[tuple[dict, str]], tally: _Tally):
             batch = []
     if batch:
         yield batch
+
+
+def _link_previous_windows(spec: SourceSpec, rows: list[dict]) -> None:
+    """Gives each packed window the labels of the window before it: the shard's row whose text
+    is this row's previous text (empty when that window is skipped or in another shard)."""
+    labels = {row[spec.text_column]: row["whisper_token_ids"] for row in rows}
+    for row in rows:
+        previous = row.get(spec.previous_column)
+        row[PREVIOUS_TOKEN_IDS_COLUMN] = list(labels.get(previous, [])) if previous else []
 
 
 def _output_row(source: Source, row: dict) -> dict:

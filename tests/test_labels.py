@@ -84,6 +84,29 @@ def test_previous_text_prompt_is_cut_and_carries_no_loss(tokenizer):
         assert float(changed[name]) == pytest.approx(float(sums[name]), rel=1e-6)
 
 
+def test_previous_window_labels_prompt_with_timestamps_only_where_the_label_keeps_them(
+    tokenizer,
+):
+    special = SpecialTokens.of(tokenizer)
+    stamp = special.timestamp_begin
+    words = tokenizer(" a dog ran far", add_special_tokens=False).input_ids
+    previous = [stamp, *words, stamp + 40, stamp + 40, *words, stamp + 90]  # pseudo-label ids
+    row = example(tokenizer, previous=previous)
+    with_stamps = labeller(
+        tokenizer, timestamp_probability=1.0, condition_on_prev_probability=1.0
+    ).label(row, epoch=0)
+    start = with_stamps.prompt.index(special.start_of_transcript)
+    assert with_stamps.prompt[0] == special.start_of_prev
+    assert with_stamps.prompt[1:start] == previous[-(start - 1) :]  # as decoded, cut left
+    assert special.no_timestamps not in with_stamps.prompt
+    plain = labeller(tokenizer, timestamp_probability=0.0, condition_on_prev_probability=1.0).label(
+        row, epoch=0
+    )
+    start = plain.prompt.index(special.start_of_transcript)
+    assert plain.prompt[1:start] == [*words, *words][-(start - 1) :]  # no timestamp tokens
+    assert plain.prompt[-1] == special.no_timestamps
+
+
 def test_draws_repeat_for_an_example_and_epoch_and_vary_across_epochs(tokenizer):
     half = labeller(tokenizer, timestamp_probability=0.5)
     rows = [example(tokenizer, name=f"row{i}") for i in range(64)]

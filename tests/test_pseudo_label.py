@@ -284,6 +284,45 @@ def test_output_is_a_training_source_filtered_by_the_stored_wer(uninterrupted, t
     assert dict(stream.skipped) == {"wer_above_threshold": len(rows) - len(kept)}
 
 
+def test_packed_windows_get_their_previous_windows_labels(small_model, tmp_path):
+    """Windows out of order (as the demo's shortest-first packing writes them): each gets the
+    labels of the window whose text is its previous text, when that window is in its shard;
+    training then prompts with those ids."""
+    import io
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+
+    def flac(seconds):
+        encoded = io.BytesIO()
+        samples = 0.2 * rng.standard_normal(int(16000 * seconds))
+        soundfile.write(encoded, samples, 16000, format="WAV", subtype="PCM_16")
+        return {"bytes": encoded.getvalue(), "path": None}
+
+    texts = ["one two", "three four", "five six", "seven eight"]
+    previous = ["", "one two", "three four", "not in this shard"]
+    rows = [
+        {"audio": flac(1 + i / 4), "text": texts[i], "condition_on_prev": previous[i]}
+        for i in (2, 0, 3, 1)
+    ]
+    (tmp_path / "packed").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "packed" / "shard-00000.parquet")
+    options = PseudoLabelOptions(batch_size=2, shard_size=8, max_new_tokens=MAX_NEW_TOKENS)
+    spec = SourceSpec("parquet", str(tmp_path / "packed"))
+    pseudo_label(small_model, spec, tmp_path / "labels", options)
+    labelled = {row["text"]: row for row in _rows(tmp_path / "labels")}
+    assert labelled["one two"]["condition_on_prev_token_ids"] == []  # a group's first window
+    for text, before in (("three four", "one two"), ("five six", "three four")):
+        ids = labelled[before]["whisper_token_ids"]
+        assert ids and labelled[text]["condition_on_prev_token_ids"] == ids
+    assert labelled["seven eight"]["condition_on_prev_token_ids"] == []
+    trained = Source(SourceSpec("parquet", str(tmp_path / "labels")))
+    for index, row in enumerate(_rows(tmp_path / "labels")):  # the source's row order
+        expected = row["condition_on_prev_token_ids"] or row["condition_on_prev"]
+        assert trained[index].previous == expected  # the ids where there are, else the text
+
+
 def test_stored_wer_filter_rejects_before_decoding(tmp_path):
     soundfile.write(tmp_path / "a.wav", 0.3 * np.random.default_rng(4).standard_normal(8000), 16000)
     rows = [("a.wav", 0.04), ("b.wav", 0.25), ("c.wav", None), ("d.wav", float("nan"))]

@@ -52,7 +52,9 @@ class Example:
     audio: np.ndarray  # mono float32 at 16 kHz
     text: str
     token_ids: list[int] | None = None  # the label as token ids (timestamps kept), if given
-    previous: str | None = None  # the text said just before, for previous-text prompts
+    # What was said just before, for previous-text prompts: its token ids (timestamps kept) or
+    # its text.
+    previous: list[int] | str | None = None
     language: str | None = None  # of the source (None: the training default)
     task: str = "transcribe"
 
@@ -97,10 +99,18 @@ def decode_example(raw: RawExample, limits: ExampleFilter | None = None) -> Exam
         decode_audio(raw, limits),
         raw.text.strip(),
         token_ids=None if raw.token_ids is None else [int(t) for t in raw.token_ids],
-        previous=raw.previous if isinstance(raw.previous, str) and raw.previous.strip() else None,
+        previous=_previous(raw.previous),
         language=raw.language,
         task=raw.task,
     )
+
+
+def _previous(previous) -> list[int] | str | None:
+    if isinstance(previous, str):
+        return previous if previous.strip() else None
+    if previous is not None and len(previous):
+        return [int(t) for t in previous]
+    return None
 
 
 def decode_audio(raw: RawExample, limits: ExampleFilter | None = None) -> np.ndarray:

@@ -112,6 +112,7 @@ class HostShard:
             spec.wer_column,
             spec.token_ids_column,
             spec.previous_column,
+            spec.previous_token_ids_column,
         } - {None}
 
     def __len__(self) -> int:

@@ -7,11 +7,13 @@
   stripped and the prompt ends with <|notimestamps|>. Examples without timestamps always take
   the latter.
 - Previous text: with probability `condition_on_prev_probability`, an example with a previous
-  text (the window before it in the same recording or speaker: `flax-distil pack` writes it)
-  gets the prompt <|startofprev|> + that text's tokens, cut from the left to at most half of
-  `max_label_length` and to what the label leaves free (the prompt yields to the label: a
-  label that fits alone is never dropped for its prompt), before the start tokens. The whole
-  prompt is masked from the loss; teacher and student read the same prompt.
+  window (the window before it in the same recording or speaker: `flax-distil pack` writes its
+  text, `pseudo-label` its labels' token ids) gets the prompt <|startofprev|> + that window's
+  tokens (its labels, timestamps kept when this label keeps its own, as sequential decoding
+  prompts with its own previous output; else its text tokenised), cut from the left to at
+  most half of `max_label_length` and to what the label leaves free (the prompt yields to the
+  label: a label that fits alone is never dropped for its prompt), before the start tokens.
+  The whole prompt is masked from the loss; teacher and student read the same prompt.
 - The start tokens carry the example's language and task (multilingual models).
 
 Each choice is drawn from a generator seeded by (seed, epoch, example id): a resumed run draws
@@ -92,14 +94,23 @@ class Labeller:
         free = self.spec.max_label_length - len(prompt) - len(tokens) - 1  # <|startofprev|>
         keep = min(self.spec.max_label_length // 2 - 1, free)
         if example.previous and condition < self.spec.condition_on_prev_probability and keep > 0:
-            before = self.tokenizer(" " + example.previous.strip(), add_special_tokens=False)
-            prompt = [self.special.start_of_prev, *before.input_ids[-keep:], *prompt]
+            before = self._previous_tokens(example.previous, timestamps)
+            prompt = [self.special.start_of_prev, *before[-keep:], *prompt]
         room = self.spec.max_label_length - len(prompt)  # label + end-of-text, less one
         if len(tokens) <= room:
             return Labelled(prompt, list(tokens))
         if self.spec.long_labels == "truncate":  # fills the labels; no end-of-text fits
             return Labelled(prompt, list(tokens[: room + 1]))
         return None
+
+    def _previous_tokens(self, previous: list[int] | str, timestamps: bool) -> list[int]:
+        """The previous window's tokens as sequential decoding would prompt with them: its
+        labels' timestamps kept when this label keeps its own, stripped otherwise."""
+        if isinstance(previous, str):
+            return self.tokenizer(" " + previous.strip(), add_special_tokens=False).input_ids
+        if timestamps:
+            return list(previous)
+        return [t for t in previous if t < self.special.timestamp_begin]
 
 
 def label_arrays(prompt: list[int], text_tokens: list[int], eos: int, length: int):

@@ -41,6 +41,9 @@ WEIGHT_BY = ("rows", "hours")
 
 
 PREVIOUS_COLUMN = "condition_on_prev"  # the previous window's text, as `flax-distil pack` writes
+# The previous window's pseudo-label token ids (timestamps included), as `pseudo-label` writes
+# them for a packed source: the prompt sequential long-form decoding gives the model.
+PREVIOUS_TOKEN_IDS_COLUMN = "condition_on_prev_token_ids"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +73,12 @@ class SourceSpec:
     shuffle_buffer: int = 1000
     name: str | None = None  # how logs and reports call it (training config: its folder's name)
     # Training labels: the pseudo-labels' token ids when a row has them (timestamps included),
-    # else `text_column` tokenised; the previous window's text for previous-text prompts
-    # (`flax-distil pack` writes it); the decoder prompt's language and task (multilingual).
+    # else `text_column` tokenised; for previous-text prompts, the previous window's labels
+    # (token ids, `pseudo-label` writes them) when a row has them, else its text (`flax-distil
+    # pack` writes it); the decoder prompt's language and task (multilingual).
     token_ids_column: str | None = "whisper_token_ids"
     previous_column: str | None = PREVIOUS_COLUMN
+    previous_token_ids_column: str | None = PREVIOUS_TOKEN_IDS_COLUMN
     language: str | None = None  # default: the training config's data.language
     task: str = "transcribe"
 
@@ -172,7 +177,7 @@ class RawExample:
     wer_threshold: float | None = None
     stored_wer: float | None = None  # from the source's wer_column; NaN when missing
     token_ids: object = None  # the label's token ids (pseudo-labels), when the source has them
-    previous: object = None  # the text said before this example, when the source has it
+    previous: object = None  # what was said before: token ids or text, when the source has it
     language: str | None = None
     task: str = "transcribe"
 
@@ -265,7 +270,8 @@ class Source:
             wer_threshold=self.spec.wer_threshold,
             stored_wer=_as_wer(row.get(self.spec.wer_column)) if self.spec.wer_column else None,
             token_ids=_optional(row, self.spec.token_ids_column),
-            previous=_optional(row, self.spec.previous_column),
+            previous=_optional(row, self.spec.previous_token_ids_column)
+            or _optional(row, self.spec.previous_column),
             language=self.spec.language,
             task=self.spec.task,
         )
