@@ -109,14 +109,18 @@ def pseudo_label(
     shards = layout(source, output, options.shard_size)
     if output.resolve() == Path(spec.path).resolve():
         raise FlaxDistilError("--output must not be the dataset's own directory")
-    check_manifest(output, {**_manifest(model, spec, options), **shards.manifest()})
+    schema = _output_schema(source)
+    manifest = {**_manifest(model, spec, options), **shards.manifest()}
+    if PREVIOUS_TOKEN_IDS_COLUMN in schema.names:  # shards written before it lack the column
+        manifest["previous_window_labels"] = True
+    check_manifest(output, manifest)
     todo = shards.todo(index, count)
 
     transcriber = model
     if not isinstance(model, Transcriber):
         loading = dict(dtype=options.dtype, shard_weights=options.shard_weights)
         transcriber = Transcriber.load(model, **loading)
-    job = _Job(source, transcriber, options, _output_schema(source))
+    job = _Job(source, transcriber, options, schema)
     job.check_decoding()
     job.progress = tqdm(
         total=shards.rows_in(todo),  # None (unknown) for a streaming source
