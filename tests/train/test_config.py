@@ -16,7 +16,7 @@ SECTIONS = "model, data, train, loss, mesh, checkpoint, eval, log"
 SOURCE_KEYS = (
     "kind, path, config, split, audio_column, text_column, weight, weight_by, duration_column, "
     "ground_truth_column, wer_threshold, wer_column, streaming, shuffle_buffer, name, "
-    "token_ids_column, previous_column, language, task"
+    "token_ids_column, previous_column, previous_token_ids_column, language, task"
 )
 
 
