@@ -294,7 +294,7 @@ def test_packed_windows_get_their_previous_windows_labels(small_model, tmp_path)
 
     rng = np.random.default_rng(5)
 
-    def flac(seconds):
+    def wav(seconds):
         encoded = io.BytesIO()
         samples = 0.2 * rng.standard_normal(int(16000 * seconds))
         soundfile.write(encoded, samples, 16000, format="WAV", subtype="PCM_16")
@@ -303,7 +303,7 @@ def test_packed_windows_get_their_previous_windows_labels(small_model, tmp_path)
     texts = ["one two", "three four", "five six", "seven eight"]
     previous = ["", "one two", "three four", "not in this shard"]
     rows = [
-        {"audio": flac(1 + i / 4), "text": texts[i], "condition_on_prev": previous[i]}
+        {"audio": wav(1 + i / 4), "text": texts[i], "condition_on_prev": previous[i]}
         for i in (2, 0, 3, 1)
     ]
     (tmp_path / "packed").mkdir()
