@@ -12,7 +12,8 @@ dataset for the teacher (greedy, then speculative with the student drafting) and
 - `compare.json`: every metric of every run.
 A dataset with clips over 30 s also gets a long-form table (those clips alone, in the mode of
 `options.long_form`). `long_form_comparison` scores several models in both long-form modes on
-one set of long recordings (the demo's long-form stage, `run_scripts/ablation_longform.py`).
+one set of long recordings (the demo's long-form stage, `run_scripts/ablation_longform.py`),
+optionally sequential without previous-text prompts too.
 """
 
 from __future__ import annotations
@@ -225,20 +226,30 @@ def long_form_table(runs: list[tuple[str, dict]]) -> list[str]:
 
 
 def long_form_comparison(
-    models: Mapping[str, Transcriber], data: EvalSet, options: EvaluateOptions, output_dir
+    models: Mapping[str, Transcriber],
+    data: EvalSet,
+    options: EvaluateOptions,
+    output_dir,
+    *,
+    without_previous_text: bool = False,
 ) -> tuple[list[str], dict]:
     """Every model (without an assistant) in both long-form modes on `data` (recordings over
-    30 s): the markdown table, and every run's metrics (also written under `output_dir`, as
+    30 s), and with `without_previous_text` sequential without the text so far as prompt too:
+    the markdown table, and every run's metrics (also written under `output_dir`, as
     `<model>/<mode>/`)."""
     if not any(len(clip) > N_SAMPLES for clip in data.audio):
         raise FlaxDistilError(f"{data.name}: no recording over 30 s to compare long-form on")
+    variants = [(mode, True) for mode in LONG_FORM_MODES]
+    if without_previous_text:
+        variants.append(("sequential", False))
     runs, labelled = {}, []
     for name, transcriber in models.items():
-        for mode in LONG_FORM_MODES:
-            settings = dataclasses.replace(options, long_form=mode)
-            directory = Path(output_dir) / _slug(name) / mode
+        for mode, previous in variants:
+            settings = dataclasses.replace(options, long_form=mode, condition_on_previous=previous)
+            label = settings.long_form_label
+            directory = Path(output_dir) / _slug(name) / _slug(label)
             run = evaluate(transcriber, data, settings, directory, model_name=name)
-            runs[f"{name} {mode}"] = run
+            runs[f"{name} {label}"] = run
             labelled.append((name, run))
     return long_form_table(labelled), runs
 

@@ -79,6 +79,7 @@ class EvaluateOptions:
     max_samples: int | None = None  # the first N rows of the dataset only
     chunk_seconds: float = 15.0  # chunked long-form window
     long_form: str = "chunked"  # or "sequential"
+    condition_on_previous: bool = True  # sequential: prompt with the text so far
     fallback: Fallback = dataclasses.field(default_factory=Fallback)  # sequential long-form
 
     def __post_init__(self):
@@ -106,8 +107,16 @@ class EvaluateOptions:
             num_draft=num_draft,
             long_form=self.long_form,
             chunk_seconds=self.chunk_seconds,
+            condition_on_previous=self.condition_on_previous,
             fallback=self.fallback,
         )
+
+    @property
+    def long_form_label(self) -> str:
+        """The long-form mode as reports name it."""
+        if self.long_form == "sequential" and not self.condition_on_previous:
+            return "sequential, no previous text"
+        return self.long_form
 
 
 @dataclasses.dataclass
@@ -252,7 +261,7 @@ def evaluate(
         **transcript_metrics(data.references, greedy.texts),
         **_speed(seconds, greedy.wall_seconds),
         "num_hit_max_new_tokens": greedy.hit_token_limit,
-        "long_form": _long_form_metrics(data, greedy, options.long_form),
+        "long_form": _long_form_metrics(data, greedy, options.long_form_label),
         "compile_seconds": None,
         "num_parameters": count_parameters(transcriber.state),
         "batch_size": options.batch_size,

@@ -11,9 +11,10 @@ pseudo-labels with the run's own resolved config, changing only those two keys t
 without timestamps, no previous-text prompt). Long recordings are made offline as in
 `bench_longform.py` (held-out Piper speech of a text neither student saw, joined with 0.3-1.2 s
 pauses into files of up to `--seconds`). Teacher and both students then decode every recording
-sequentially (OpenAI's algorithm with temperature fallback) and chunked (15 s windows); the
-script prints the long-form table (WER as a fraction shown in percent, insertions, deletions,
-5-Dup, windows decoded again) and writes every run's metrics under WORKDIR/results.
+sequentially (OpenAI's algorithm with temperature fallback), sequentially without previous-text
+prompts (`--no-condition-on-previous`), and chunked (15 s windows); the script prints the
+long-form table (WER as a fraction shown in percent, insertions, deletions, 5-Dup, windows
+decoded again) and writes every run's metrics under WORKDIR/results.
 """
 
 import argparse
@@ -86,7 +87,9 @@ def main() -> None:
         "plain student": Transcriber.load(str(plain_student(resolved, args.workdir))),
     }
     options = EvaluateOptions(batch_size=16)
-    table, runs = long_form_comparison(models, data, options, args.workdir / "results")
+    table, runs = long_form_comparison(
+        models, data, options, args.workdir / "results", without_previous_text=True
+    )
     print("\n".join(table))
     summary = {name: run["long_form"]["wer"] for name, run in runs.items()}
     (args.workdir / "results" / "summary.json").write_text(json.dumps(summary, indent=2))

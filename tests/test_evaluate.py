@@ -94,21 +94,26 @@ def test_long_form_is_scored_apart_in_both_modes(real_clips, tmp_path):
     transcriber = Transcriber.load("pypi:tiny.en")
     data = load_eval_set(spec_from_argument(str(real_clips)))
     options = EvaluateOptions(batch_size=4, max_new_tokens=MAX_NEW_TOKENS)
-    table, runs = long_form_comparison({"tiny.en": transcriber}, data, options, tmp_path)
-    assert list(runs) == ["tiny.en chunked", "tiny.en sequential"]
-    for mode in ("chunked", "sequential"):
+    table, runs = long_form_comparison(
+        {"tiny.en": transcriber}, data, options, tmp_path, without_previous_text=True
+    )
+    unprompted = "sequential, no previous text"
+    assert list(runs) == [f"tiny.en {mode}" for mode in ("chunked", "sequential", unprompted)]
+    directories = ["chunked", "sequential", "sequential_no_previous_text"]
+    for mode, directory in zip(["chunked", "sequential", unprompted], directories, strict=True):
         long_form = runs[f"tiny.en {mode}"]["long_form"]
         assert long_form["mode"] == mode
         (jfk_x3,) = long_form["files"]  # the 33 s clip alone
         assert jfk_x3["seconds"] == pytest.approx(33.0, abs=0.1)
         assert long_form["wer"] == jfk_x3["wer"] < 0.15
-        written = json.loads((tmp_path / "tiny.en" / mode / "metrics.json").read_text())
+        written = json.loads((tmp_path / "tiny.en" / directory / "metrics.json").read_text())
         assert written["long_form"] == json.loads(json.dumps(long_form))
     sequential = runs["tiny.en sequential"]["long_form"]["files"][0]
     assert sequential["windows"] == 2 and sequential["skipped_windows"] == 0  # 30 s + 3 s
     assert "windows" not in runs["tiny.en chunked"]["long_form"]["files"][0]
-    assert len(table) == 4 and table[2].startswith("| tiny.en | chunked |")
+    assert len(table) == 5 and table[2].startswith("| tiny.en | chunked |")
     assert table[3].startswith("| tiny.en | sequential |") and "| 0 / 0 of 2 |" in table[3]
+    assert table[4].startswith(f"| tiny.en | {unprompted} |")
 
 
 def test_hallucination_metrics_on_hand_made_predictions():
@@ -240,6 +245,23 @@ def test_cli_bad_input_is_a_one_line_error(args, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr
+
+
+def test_cli_long_form_flags_reach_the_decoding_options():
+    from flax_distil.cli import build_parser
+    from flax_distil.cli.evaluation import _options
+
+    common = ["--model", "m", "--dataset", "d", "--output", "o", "--long-form", "sequential"]
+    for command in ("evaluate", "compare"):
+        if command == "compare":
+            common = ["--teacher", "t", "--student", "s", *common[2:]]
+        args = build_parser().parse_args([command, *common, "--temperatures", "0,0.5"])
+        assert _options(args).decoding(0).condition_on_previous is True
+        args = build_parser().parse_args([command, *common, "--no-condition-on-previous"])
+        decoding = _options(args).decoding(0)
+        assert decoding.condition_on_previous is False and decoding.long_form == "sequential"
+    args = build_parser().parse_args(["transcribe", "--model", "m", "a.wav"])
+    assert args.condition_on_previous is True
 
 
 def test_cli_rejects_bad_snr_levels(tmp_path):

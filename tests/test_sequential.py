@@ -102,6 +102,30 @@ def test_fallback_samples_at_rising_temperatures_with_a_seed(tiny_en, clips):
     assert tried == 1 and off.tokens == greedy.tokens  # one temperature: never samples
 
 
+def test_windows_are_prompted_with_the_text_so_far_unless_switched_off(tiny_en, clips, monkeypatch):
+    from flax_distil.generation import sequential
+
+    audio = recording(clips, np.zeros(16000, np.float32))  # ~40 s: two windows or more
+    decode = sequential.decode_with_fallback
+    prompts = []
+
+    def spy(transcriber, features, prompt, *args):
+        prompts.append(prompt)
+        return decode(transcriber, features, prompt, *args)
+
+    monkeypatch.setattr(sequential, "decode_with_fallback", spy)
+    start = tiny_en.start_tokens(None, timestamps=True)
+    fallback = Fallback((0.0,))
+    prompted = transcribe_sequential(tiny_en, audio, DecodeOptions(fallback=fallback))
+    assert prompts[0] == start and len(prompts) >= 2
+    assert [p[0] for p in prompts[1:]] == [tiny_en.special.start_of_prev] * (len(prompts) - 1)
+    assert prompts[1][1 : -len(start)] == prompted["tokens"][: len(prompts[1]) - 1 - len(start)]
+    prompts.clear()
+    options = DecodeOptions(condition_on_previous=False, fallback=fallback)
+    transcribe_sequential(tiny_en, audio, options)
+    assert len(prompts) >= 2 and all(prompt == start for prompt in prompts)
+
+
 def test_compression_ratio_grows_with_repetition():
     assert compression_ratio("") == 0.0
     varied = "ask not what your country can do for you, ask what you can do for your country"

@@ -47,6 +47,7 @@ def _options(args: argparse.Namespace):
         seed=args.seed,
         max_samples=args.max_samples,
         long_form=args.long_form or "chunked",
+        condition_on_previous=args.condition_on_previous,
         fallback=fallback_of(args),
     )
 

@@ -100,6 +100,13 @@ def add_long_form_flags(parser: argparse.ArgumentParser, default_mode: str) -> N
         help="sequential: skip a window as silence above this <|nospeech|> probability when "
         "its mean log-probability is below --logprob-threshold (default 0.6)",
     )
+    parser.add_argument(
+        "--no-condition-on-previous",
+        dest="condition_on_previous",
+        action="store_false",
+        help="sequential: decode each window without the text so far as its prompt (OpenAI's "
+        "--condition_on_previous_text False)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling (and noise)")
 
 

@@ -126,6 +126,7 @@ def transcribe(args: argparse.Namespace) -> int:
         timestamps=args.timestamps,
         language=args.language,
         long_form=args.long_form,
+        condition_on_previous=args.condition_on_previous,
         fallback=fallback_of(args),
         num_draft=args.num_draft if args.assistant else 0,
     )
