@@ -16,10 +16,12 @@ An output row is the source row, audio untouched (bytes, or a path made absolute
 included with `timestamps`) and `wer`: a fraction, transcript against the text column after
 Whisper's English normaliser (`flax_distil.metrics.label_wer`), NaN without usable ground truth.
 A packed source (`flax-distil pack`: a `condition_on_prev` column) also gets
-`condition_on_prev_token_ids`: the previous window's `whisper_token_ids` when that window is in
-the same shard (the row whose text is this row's `condition_on_prev`), else empty, so that
-training prompts with the teacher's own previous output, timestamps included, as sequential
-long-form decoding does.
+`condition_on_prev_token_ids`: the prompt sequential long-form decoding would give the window,
+the teacher's own output for its recording so far (the `whisper_token_ids` of the windows before
+it, found back through the `condition_on_prev` links within the shard, joined, timestamps
+included), cut to the last 223 tokens (half the decoder's positions, less one, as sequential
+decoding cuts it); empty for a recording's first window. Training on shorter prompts (one
+window's labels) leaves a student lost at the prompt lengths sequential decoding reaches.
 Rows whose audio is unusable (the data module's skip reasons) are logged, left out and counted by
 reason in the shard's parquet metadata. Once every shard exists, process 0 writes `_summary.json`:
 examples, skipped, audio hours, kept/dropped by `wer_threshold` (no ground truth counts as
@@ -111,8 +113,8 @@ def pseudo_label(
         raise FlaxDistilError("--output must not be the dataset's own directory")
     schema = _output_schema(source)
     manifest = {**_manifest(model, spec, options), **shards.manifest()}
-    if PREVIOUS_TOKEN_IDS_COLUMN in schema.names:  # shards written before it lack the column
-        manifest["previous_window_labels"] = True
+    if PREVIOUS_TOKEN_IDS_COLUMN in schema.names:  # shards written before it lack the column,
+        manifest["previous_window_labels"] = "recording so far"  # or hold one window's labels
     check_manifest(output, manifest)
     todo = shards.todo(index, count)
 
@@ -264,7 +266,8 @@ class _Job:
             labelled += _labelled_rows(self, batch)
             audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
         if PREVIOUS_TOKEN_IDS_COLUMN in self.schema.names:
-            _link_previous_windows(self.source.spec, labelled)
+            keep = self.transcriber.config.max_target_positions // 2 - 1  # sequential's cap
+            _link_previous_windows(self.source.spec, labelled, keep)
         stats = {
             "rows": tally.rows,
             "labelled": len(labelled),
@@ -302,13 +305,23 @@ def _usable_batches(job: _Job, rows: Iterable[tuple[dict, str]], tally: _Tally):
         yield batch
 
 
-def _link_previous_windows(spec: SourceSpec, rows: list[dict]) -> None:
-    """Gives each packed window the labels of the window before it: the shard's row whose text
-    is this row's previous text (empty when that window is skipped or in another shard)."""
-    labels = {row[spec.text_column]: row["whisper_token_ids"] for row in rows}
+def _link_previous_windows(spec: SourceSpec, rows: list[dict], keep: int) -> None:
+    """Gives each packed window the prompt sequential decoding would give it: the labels of the
+    windows before it in its recording, joined, their last `keep` tokens. The windows are
+    found back through the previous-text links within the shard (the chain ends where a window
+    is skipped, in another shard, or a group's first)."""
+    by_text = {row[spec.text_column]: row for row in rows}
     for row in rows:
+        before, seen, count = [], {row[spec.text_column]}, 0
         previous = row.get(spec.previous_column)
-        row[PREVIOUS_TOKEN_IDS_COLUMN] = list(labels.get(previous, [])) if previous else []
+        while previous and previous in by_text and previous not in seen and count < keep:
+            seen.add(previous)
+            window = by_text[previous]
+            before.append(window["whisper_token_ids"])
+            count += len(window["whisper_token_ids"])
+            previous = window.get(spec.previous_column)
+        joined = [token for labels in reversed(before) for token in labels]
+        row[PREVIOUS_TOKEN_IDS_COLUMN] = joined[-keep:] if keep else []
 
 
 def _output_row(source: Source, row: dict) -> dict:

@@ -284,10 +284,10 @@ def test_output_is_a_training_source_filtered_by_the_stored_wer(uninterrupted, t
     assert dict(stream.skipped) == {"wer_above_threshold": len(rows) - len(kept)}
 
 
-def test_packed_windows_get_their_previous_windows_labels(small_model, tmp_path):
+def test_packed_windows_get_the_labels_of_their_recording_so_far(small_model, tmp_path):
     """Windows out of order (as the demo's shortest-first packing writes them): each gets the
-    labels of the window whose text is its previous text, when that window is in its shard;
-    training then prompts with those ids."""
+    labels of the windows before it, found back through the previous-text links within its
+    shard; training then prompts with those ids."""
     import io
 
     import pyarrow as pa
@@ -313,14 +313,32 @@ def test_packed_windows_get_their_previous_windows_labels(small_model, tmp_path)
     pseudo_label(small_model, spec, tmp_path / "labels", options)
     labelled = {row["text"]: row for row in _rows(tmp_path / "labels")}
     assert labelled["one two"]["condition_on_prev_token_ids"] == []  # a group's first window
-    for text, before in (("three four", "one two"), ("five six", "three four")):
-        ids = labelled[before]["whisper_token_ids"]
-        assert ids and labelled[text]["condition_on_prev_token_ids"] == ids
+    first, second = (labelled[text]["whisper_token_ids"] for text in ("one two", "three four"))
+    assert first and second and len(first + second) <= 223
+    assert labelled["three four"]["condition_on_prev_token_ids"] == first
+    assert labelled["five six"]["condition_on_prev_token_ids"] == first + second
     assert labelled["seven eight"]["condition_on_prev_token_ids"] == []
     trained = Source(SourceSpec("parquet", str(tmp_path / "labels")))
     for index, row in enumerate(_rows(tmp_path / "labels")):  # the source's row order
         expected = row["condition_on_prev_token_ids"] or row["condition_on_prev"]
         assert trained[index].previous == expected  # the ids where there are, else the text
+
+
+def test_the_recording_so_far_is_cut_to_the_last_tokens_and_stops_at_a_loop():
+    from flax_distil.pseudo_label import _link_previous_windows
+
+    spec = SourceSpec("parquet", "unused")
+    chain = [("a", "", [1, 2]), ("b", "a", [3, 4, 5]), ("c", "b", [6]), ("d", "c", [7, 8])]
+    loop = [("x", "y", [10]), ("y", "x", [11])]  # two windows naming each other (bad data)
+    rows = [
+        {"text": text, "condition_on_prev": previous, "whisper_token_ids": ids}
+        for text, previous, ids in chain + loop
+    ]
+    _link_previous_windows(spec, rows, keep=5)
+    prompts = {row["text"]: row["condition_on_prev_token_ids"] for row in rows}
+    assert prompts["a"] == [] and prompts["b"] == [1, 2] and prompts["c"] == [1, 2, 3, 4, 5]
+    assert prompts["d"] == [2, 3, 4, 5, 6]  # the last 5 of the recording so far
+    assert prompts["x"] == [11] and prompts["y"] == [10]  # never a window's own labels
 
 
 def test_stored_wer_filter_rejects_before_decoding(tmp_path):

@@ -8,11 +8,12 @@
   the latter.
 - Previous text: with probability `condition_on_prev_probability`, an example with a previous
   window (the window before it in the same recording or speaker: `flax-distil pack` writes its
-  text, `pseudo-label` its labels' token ids) gets the prompt <|startofprev|> + that window's
-  tokens (its labels, timestamps kept when this label keeps its own, as sequential decoding
-  prompts with its own previous output; else its text tokenised), cut from the left to at
-  most half of `max_label_length` and to what the label leaves free (the prompt yields to the
-  label: a label that fits alone is never dropped for its prompt), before the start tokens.
+  text, `pseudo-label` the labels of the whole recording before it) gets the prompt
+  <|startofprev|> + those tokens (the labels, timestamps kept when this label keeps its own,
+  as sequential decoding prompts with its own output so far; else the text tokenised), cut
+  from the left to at most half of `max_label_length` and to what the label leaves free (the
+  prompt yields to the label: a label that fits alone is never dropped for its prompt), before
+  the start tokens.
   The whole prompt is masked from the loss; teacher and student read the same prompt.
 - The start tokens carry the example's language and task (multilingual models).
 

@@ -73,9 +73,9 @@ class SourceSpec:
     shuffle_buffer: int = 1000
     name: str | None = None  # how logs and reports call it (training config: its folder's name)
     # Training labels: the pseudo-labels' token ids when a row has them (timestamps included),
-    # else `text_column` tokenised; for previous-text prompts, the previous window's labels
-    # (token ids, `pseudo-label` writes them) when a row has them, else its text (`flax-distil
-    # pack` writes it); the decoder prompt's language and task (multilingual).
+    # else `text_column` tokenised; for previous-text prompts, the labels of the recording so
+    # far (token ids, `pseudo-label` writes them) when a row has them, else the previous
+    # window's text (`flax-distil pack` writes it); the decoder prompt's language and task.
     token_ids_column: str | None = "whisper_token_ids"
     previous_column: str | None = PREVIOUS_COLUMN
     previous_token_ids_column: str | None = PREVIOUS_TOKEN_IDS_COLUMN
