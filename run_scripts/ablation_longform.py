@@ -5,7 +5,7 @@ previous-text prompts vs one distilled without, on the same data for the same st
         [--num-utterances 240] [--seconds 120]
 
 `--demo` is a finished `flax-distil demo` workdir: its student (trained with the demo config:
-`data.timestamp_probability` 0.5, `data.condition_on_prev_probability` 0.5) is the recipe
+`data.timestamp_probability` 0.5, `data.condition_on_prev_probability` 0.3) is the recipe
 student. This script trains the plain student from the same initial student on the same
 pseudo-labels with the run's own resolved config, changing only those two keys to 0 (labels
 without timestamps, no previous-text prompt). Long recordings are made offline as in
