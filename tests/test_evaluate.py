@@ -251,13 +251,11 @@ def test_cli_long_form_flags_reach_the_decoding_options():
     from flax_distil.cli import build_parser
     from flax_distil.cli.evaluation import _options
 
-    common = ["--model", "m", "--dataset", "d", "--output", "o", "--long-form", "sequential"]
-    for command in ("evaluate", "compare"):
-        if command == "compare":
-            common = ["--teacher", "t", "--student", "s", *common[2:]]
-        args = build_parser().parse_args([command, *common, "--temperatures", "0,0.5"])
+    common = ["--dataset", "d", "--output", "o", "--long-form", "sequential"]
+    for models in (["evaluate", "--model", "m"], ["compare", "--teacher", "t", "--student", "s"]):
+        args = build_parser().parse_args([*models, *common])
         assert _options(args).decoding(0).condition_on_previous is True
-        args = build_parser().parse_args([command, *common, "--no-condition-on-previous"])
+        args = build_parser().parse_args([*models, *common, "--no-condition-on-previous"])
         decoding = _options(args).decoding(0)
         assert decoding.condition_on_previous is False and decoding.long_form == "sequential"
     args = build_parser().parse_args(["transcribe", "--model", "m", "a.wav"])
