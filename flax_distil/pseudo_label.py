@@ -56,6 +56,7 @@ from flax_distil.data.prefetch import prefetched
 from flax_distil.data.sources import PREVIOUS_TOKEN_IDS_COLUMN, Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation import DecodeOptions, Transcriber, default_dtype
+from flax_distil.generation.sequential import max_prompt_tokens
 from flax_distil.metrics import label_wer
 from flax_distil.pseudo_label_files import check_manifest, write_shard, write_summary
 from flax_distil.pseudo_label_stream import SourceShards
@@ -266,7 +267,7 @@ class _Job:
             labelled += _labelled_rows(self, batch)
             audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
         if PREVIOUS_TOKEN_IDS_COLUMN in self.schema.names:
-            keep = self.transcriber.config.max_target_positions // 2 - 1  # sequential's cap
+            keep = max_prompt_tokens(self.transcriber.config)  # as sequential decoding cuts it
             _link_previous_windows(self.source.spec, labelled, keep)
         stats = {
             "rows": tally.rows,

@@ -78,12 +78,18 @@ class Attempt:
         }
 
 
+def max_prompt_tokens(config) -> int:
+    """How many of the tokens decoded so far OpenAI's prompt keeps: half the decoder's
+    positions minus one (223 for Whisper)."""
+    return config.max_target_positions // 2 - 1
+
+
 def previous_text_prompt(transcriber, previous: list[int], start_tokens: list[int]) -> list[int]:
-    """OpenAI's prompt for the next window: <|startofprev|>, the last tokens decoded so far
-    (timestamps included; at most half the decoder's positions minus one), the start tokens."""
+    """OpenAI's prompt for the next window: <|startofprev|>, the last `max_prompt_tokens`
+    tokens decoded so far (timestamps included), the start tokens."""
     if not previous:
         return list(start_tokens)
-    cap = transcriber.config.max_target_positions // 2 - 1
+    cap = max_prompt_tokens(transcriber.config)
     return [transcriber.special.start_of_prev, *previous[-cap:], *start_tokens]
 
 
