@@ -56,7 +56,7 @@ from flax_distil.data.prefetch import prefetched
 from flax_distil.data.sources import PREVIOUS_TOKEN_IDS_COLUMN, Source, SourceSpec
 from flax_distil.errors import FlaxDistilError
 from flax_distil.generation import DecodeOptions, Transcriber, default_dtype
-from flax_distil.generation.sequential import max_prompt_tokens
+from flax_distil.generation.sequential import closed_segment_tokens, max_prompt_tokens
 from flax_distil.metrics import label_wer
 from flax_distil.pseudo_label_files import check_manifest, write_shard, write_summary
 from flax_distil.pseudo_label_stream import SourceShards
@@ -268,7 +268,8 @@ class _Job:
             audio_seconds += sum(len(clip) for _, _, clip in batch) / SAMPLE_RATE
         if PREVIOUS_TOKEN_IDS_COLUMN in self.schema.names:
             keep = max_prompt_tokens(self.transcriber.config)  # as sequential decoding cuts it
-            _link_previous_windows(self.source.spec, labelled, keep)
+            begin = self.transcriber.special.timestamp_begin
+            _link_previous_windows(self.source.spec, labelled, keep, begin)
         stats = {
             "rows": tally.rows,
             "labelled": len(labelled),
@@ -306,11 +307,12 @@ def _usable_batches(job: _Job, rows: Iterable[tuple[dict, str]], tally: _Tally):
         yield batch
 
 
-def _link_previous_windows(spec: SourceSpec, rows: list[dict], keep: int) -> None:
+def _link_previous_windows(spec: SourceSpec, rows: list[dict], keep: int, begin: int) -> None:
     """Gives each packed window the prompt sequential decoding would give it: the labels of the
-    windows before it in its recording, joined, their last `keep` tokens. The windows are
-    found back through the previous-text links within the shard (the chain ends where a window
-    is skipped, in another shard, or a group's first)."""
+    windows before it in its recording (each less a last segment cut off at its edge, which
+    sequential decoding drops), joined, their last `keep` tokens. The windows are found back
+    through the previous-text links within the shard (the chain ends where a window is
+    skipped, in another shard, or a group's first)."""
     by_text = {row[spec.text_column]: row for row in rows}
     for row in rows:
         before, seen, count = [], {row[spec.text_column]}, 0
@@ -318,8 +320,8 @@ def _link_previous_windows(spec: SourceSpec, rows: list[dict], keep: int) -> Non
         while previous and previous in by_text and previous not in seen and count < keep:
             seen.add(previous)
             window = by_text[previous]
-            before.append(window["whisper_token_ids"])
-            count += len(window["whisper_token_ids"])
+            before.append(closed_segment_tokens(window["whisper_token_ids"], begin))
+            count += len(before[-1])
             previous = window.get(spec.previous_column)
         joined = [token for labels in reversed(before) for token in labels]
         row[PREVIOUS_TOKEN_IDS_COLUMN] = joined[-keep:] if keep else []

@@ -105,6 +105,29 @@ def test_demo_packing_windows_hold_1_to_n_sentences_shortest_first(utterances, t
     assert sorted(t for w in windows for t in _split(w["text"])) == texts
 
 
+def test_cut_speech_fills_full_windows_with_the_next_utterance_cut_off(utterances, tmp_path):
+    folder, rows = utterances
+    options = PackOptions(
+        group_column="speaker", max_seconds=12.0, gap_seconds=0.4, cut_speech=True
+    )
+    pack(SourceSpec("audiofolder", str(folder)), tmp_path / "cut", options)
+    windows = windows_of(tmp_path / "cut")
+    usable = [text for _, text, _ in rows if text != "unreadable"]
+    assert " ".join(w["text"] for w in windows) == " ".join(usable)  # whole utterances, once
+    filled = 0
+    for window, after in zip(windows, [*windows[1:], None], strict=True):
+        own = [int(word[1:]) + 1 for word in dict.fromkeys(window["text"].split())]
+        same_run = after is not None and after["condition_on_prev"] == window["text"]
+        if same_run and window["seconds"] == pytest.approx(12.0, abs=1e-3):
+            # the next window's first utterance, cut off where the window ends
+            assert levels(window) == [*own, int(after["text"].split()[0][1:]) + 1]
+            filled += 1
+        else:  # a run's last window ends in silence; a full one is filled unless < 0.5 s fits
+            assert levels(window) == own
+            assert not same_run or window["seconds"] > 12.0 - 0.4 - 0.5
+    assert filled >= 3
+
+
 def test_packing_refuses_a_missing_group_column_and_a_used_output(utterances, tmp_path):
     folder, _ = utterances
     spec = SourceSpec("audiofolder", str(folder))

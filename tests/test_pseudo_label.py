@@ -328,16 +328,21 @@ def test_the_recording_so_far_is_cut_to_the_last_tokens_and_stops_at_a_loop():
     from flax_distil.pseudo_label import _link_previous_windows
 
     spec = SourceSpec("parquet", "unused")
-    chain = [("a", "", [1, 2]), ("b", "a", [3, 4, 5]), ("c", "b", [6]), ("d", "c", [7, 8])]
+    begin = 100  # timestamp tokens are 100 and up
+    # b's speech runs past its edge: after its last timestamp pair (101, 102) the segment is
+    # unfinished, and sequential decoding drops "<|102|> 5" and decodes it again in c
+    chain = [("a", "", [1, 2]), ("b", "a", [100, 3, 4, 101, 102, 5]), ("c", "b", [6, 7, 8])]
+    chain += [("d", "c", [9])]
     loop = [("x", "y", [10]), ("y", "x", [11])]  # two windows naming each other (bad data)
     rows = [
         {"text": text, "condition_on_prev": previous, "whisper_token_ids": ids}
         for text, previous, ids in chain + loop
     ]
-    _link_previous_windows(spec, rows, keep=5)
+    _link_previous_windows(spec, rows, keep=5, begin=begin)
     prompts = {row["text"]: row["condition_on_prev_token_ids"] for row in rows}
-    assert prompts["a"] == [] and prompts["b"] == [1, 2] and prompts["c"] == [1, 2, 3, 4, 5]
-    assert prompts["d"] == [2, 3, 4, 5, 6]  # the last 5 of the recording so far
+    assert prompts["a"] == [] and prompts["b"] == [1, 2]
+    assert prompts["c"] == [2, 100, 3, 4, 101]  # b's closed segment; the last 5 tokens
+    assert prompts["d"] == [4, 101, 6, 7, 8]  # the last 5 of the recording so far
     assert prompts["x"] == [11] and prompts["y"] == [10]  # never a window's own labels
 
 

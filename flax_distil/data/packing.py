@@ -14,7 +14,16 @@ group's first window). Every usable utterance is in exactly one window, in order
 ones are counted by reason. Memory holds one group's run of utterances and one shard of windows
 at a time (`shortest_first` holds every window, to sort them).
 
-Options the demo uses: `max_utterances` (each window takes a random 1 to N utterances, so the
+Speech runs past the edge of most of Whisper's 30 s windows, and OpenAI's sequential decoding
+relies on it: a transcript that ends on a lone timestamp (the start of a segment the window
+cuts off) moves the next window there, while one whose last segment is closed says the rest of
+the window is silent and skips it. With `cut_speech`, a window that is full (the next
+utterance of its group does not fit) is filled to `max_seconds` with the start of that
+utterance, cut mid-speech; its text stays the whole utterances only (the teacher labels the cut
+one with its start time, as Whisper was trained), and the next window begins with that
+utterance whole.
+
+Further options: `max_utterances` (each window takes a random 1 to N utterances, so the
 student also learns to stop after one sentence), `max_words` (keeps a transcript within the
 label length), a (low, high) `gap_seconds` range, and `shortest_first` (windows numbered from
 the shortest transcript: a pseudo-labelling batch then stops decoding together).
@@ -46,6 +55,7 @@ class PackOptions:
     max_words: int | None = None
     max_utterances: int | None = None
     shortest_first: bool = False
+    cut_speech: bool = False  # fill full windows with the next utterance's start, cut off
     shard_size: int = 500  # windows per parquet file
     seed: int = 0
 
@@ -62,20 +72,22 @@ def _gap_range(gap) -> tuple[float, float]:
 
 
 def _windows(words, durations, gaps, max_seconds: float, max_words: float, sizes: np.ndarray):
-    """Consecutive groups of utterance indices: window i takes up to sizes[i] utterances, as
-    many as fit its audio (with gaps[j] seconds of silence before utterance j) and word budget."""
+    """Consecutive groups of utterance indices, each with whether it closed because the next
+    utterance did not fit its audio: window i takes up to sizes[i] utterances, as many as fit
+    its audio (with gaps[j] seconds of silence before utterance j) and word budget."""
     groups, current, seconds, count = [], [], 0.0, 0
     for index, (length, duration, gap) in enumerate(zip(words, durations, gaps, strict=True)):
         extra = duration + (gap if current else 0.0)
-        full = len(current) == sizes[len(groups) % len(sizes)]
-        if current and (full or seconds + extra > max_seconds or count + length > max_words):
-            groups.append(current)
+        size_reached = len(current) == sizes[len(groups) % len(sizes)]
+        too_long = seconds + extra > max_seconds
+        if current and (size_reached or too_long or count + length > max_words):
+            groups.append((current, too_long and not size_reached))
             current, seconds, count, extra = [], 0.0, 0, duration
         current.append(index)
         seconds += extra
         count += length
     if current:
-        groups.append(current)
+        groups.append((current, False))
     return groups
 
 
@@ -111,16 +123,29 @@ def _pack_run(utterances, options: PackOptions, rng):
     gaps = rng.uniform(*_gap_range(options.gap_seconds), size=len(utterances))
     cap = math.inf if options.max_words is None else options.max_words
     windows, previous = [], ""
-    for group in _windows(words, durations, gaps, options.max_seconds, cap, sizes):
+    for group, full in _windows(words, durations, gaps, options.max_seconds, cap, sizes):
         pieces = []
         for position, index in enumerate(group):
             if position:
                 pieces.append(np.zeros(int(gaps[index] * SAMPLE_RATE), np.float32))
             pieces.append(utterances[index][0])
+        if options.cut_speech and full:
+            following = group[-1] + 1
+            pieces += _cut_off(pieces, utterances[following][0], gaps[following], options)
         text = " ".join(utterances[index][1] for index in group)
         windows.append((np.concatenate(pieces), text, len(group), previous))
         previous = text
     return windows
+
+
+def _cut_off(pieces, following, gap_seconds: float, options: PackOptions) -> list[np.ndarray]:
+    """The gap and as much of the following utterance as fills the window to `max_seconds`;
+    nothing when under 0.5 s of its speech would fit."""
+    gap = np.zeros(int(gap_seconds * SAMPLE_RATE), np.float32)
+    room = int(options.max_seconds * SAMPLE_RATE) - sum(len(p) for p in pieces) - len(gap)
+    if room < SAMPLE_RATE // 2:
+        return []
+    return [gap, following[:room]]
 
 
 def pack(spec: SourceSpec, output: str | Path, options: PackOptions | None = None) -> dict:

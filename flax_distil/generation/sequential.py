@@ -162,6 +162,15 @@ def _segments_of_window(row, begin, window_frames: int):
     return segments, consumed
 
 
+def closed_segment_tokens(row: list[int], begin: int) -> list[int]:
+    """The tokens of a window's transcript that sequential decoding keeps, and so prompts the
+    next window with: all of them, less an unfinished last segment (after the last timestamp
+    pair, when the window does not end on a lone timestamp), which the next window decodes
+    again."""
+    pieces, _ = _segments_of_window(row, begin, N_FRAMES)
+    return [token for _, _, piece in pieces for token in piece]
+
+
 def transcribe_sequential(transcriber, audio: np.ndarray, options: DecodeOptions | None = None):
     """Text, tokens, timestamped segments and each window's decoding (`windows`: start,
     temperature kept, attempts, average log-probability, no-speech probability, compression
