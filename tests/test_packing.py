@@ -107,10 +107,11 @@ def test_demo_packing_windows_hold_1_to_n_sentences_shortest_first(utterances, t
 
 def test_cut_speech_fills_full_windows_with_the_next_utterance_cut_off(utterances, tmp_path):
     folder, rows = utterances
-    options = PackOptions(
-        group_column="speaker", max_seconds=12.0, gap_seconds=0.4, cut_speech=True
+    flags = ("--group-column", "speaker", "--max-seconds", "12", "--gap-seconds", "0.4")
+    result = run_cli(
+        "pack", "--dataset", folder, "--output", tmp_path / "cut", *flags, "--cut-speech"
     )
-    pack(SourceSpec("audiofolder", str(folder)), tmp_path / "cut", options)
+    assert result.returncode == 0, result.stderr
     windows = windows_of(tmp_path / "cut")
     usable = [text for _, text, _ in rows if text != "unreadable"]
     assert " ".join(w["text"] for w in windows) == " ".join(usable)  # whole utterances, once

@@ -68,6 +68,13 @@ def add_pack(commands) -> None:
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--gap-seconds", type=float, default=0.0, help="silence between them")
     parser.add_argument("--shard-size", type=int, default=500, help="windows per parquet file")
+    parser.add_argument(
+        "--cut-speech",
+        action="store_true",
+        help="fill each full window to --max-seconds with the start of the next utterance, cut "
+        "off, as the windows of sequential long-form decoding are (its text stays whole "
+        "utterances; the next window starts with that utterance)",
+    )
     parser.set_defaults(handler=pack)
 
 
@@ -80,6 +87,7 @@ def pack(args: argparse.Namespace) -> None:
         max_seconds=args.max_seconds,
         gap_seconds=args.gap_seconds,
         shard_size=args.shard_size,
+        cut_speech=args.cut_speech,
     )
     counts = pack_windows(dataset_spec(args, args.dataset), args.output, options)
     skipped = ", ".join(f"{n} {reason}" for reason, n in counts["skipped"].items()) or "none"
