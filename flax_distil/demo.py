@@ -143,11 +143,11 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
         f"synthesising {options.num_utterances} + {options.num_heldout} utterances (Piper)",
         speech,
     )
-    # Windows of 1 to 16 sentences, as many as fit 30 s. About half are full and then filled to
-    # 30 s with the next sentence's start, cut off, as every window of sequential decoding on
-    # long audio is (students trained only on windows of at most 8 whole sentences closed 30 s
-    # windows early, or lost their place in them); the rest end in silence, so the student also
-    # learns to stop when the speech stops. Shortest transcript first.
+    # Windows of 1 to 16 sentences, as many as fit 30 s. About half are full, and most of those
+    # are filled to 30 s with the next sentence's start, cut off, as every window of sequential
+    # decoding on long audio is (students trained only on windows of at most 8 whole sentences
+    # closed 30 s windows early, or lost their place in them); the rest end in silence, so the
+    # student also learns to stop when the speech stops. Shortest transcript first.
     packing = PackOptions(
         max_seconds=30.0,
         gap_seconds=0.4,
