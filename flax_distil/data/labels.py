@@ -12,8 +12,9 @@
   <|startofprev|> + those tokens (the labels, timestamps kept when this label keeps its own,
   as sequential decoding prompts with its own output so far; else the text tokenised), cut
   from the left to at most half of `max_label_length` and to what the label leaves free (the
-  prompt yields to the label: a label that fits alone is never dropped for its prompt), before
-  the start tokens.
+  prompt yields to the label: a label that fits alone is never dropped for its prompt), then
+  to a length drawn uniformly from 1 to what is left (sequential decoding's prompts have every
+  length up to the cap), before the start tokens.
   The whole prompt is masked from the loss; teacher and student read the same prompt.
 - The start tokens carry the example's language and task (multilingual models).
 
@@ -83,7 +84,8 @@ class Labeller:
     def label(self, example: Example, epoch: int) -> Labelled | None:
         """The example's prompt and label; None when the label does not fit and is dropped."""
         key = zlib.crc32(example.id.encode())
-        keep_timestamps, condition = np.random.default_rng([self.spec.seed, epoch, key]).random(2)
+        draws = np.random.default_rng([self.spec.seed, epoch, key]).random(3)
+        keep_timestamps, condition, prompt_share = draws
         tokens = example.token_ids
         if tokens is None:
             tokens = self.tokenizer(" " + example.text, add_special_tokens=False).input_ids
@@ -95,8 +97,12 @@ class Labeller:
         free = self.spec.max_label_length - len(prompt) - len(tokens) - 1  # <|startofprev|>
         keep = min(self.spec.max_label_length // 2 - 1, free)
         if example.previous and condition < self.spec.condition_on_prev_probability and keep > 0:
-            before = self._previous_tokens(example.previous, timestamps)
-            prompt = [self.special.start_of_prev, *before[-keep:], *prompt]
+            before = self._previous_tokens(example.previous, timestamps)[-keep:]
+            # Sequential decoding's prompt grows from one window's text to the cap over a
+            # recording's first windows: any length up to what is there (a student that only
+            # saw full-length prompts closed a window after one sentence under a shorter one).
+            before = before[len(before) - 1 - int(prompt_share * len(before)) :]
+            prompt = [self.special.start_of_prev, *before, *prompt]
         room = self.spec.max_label_length - len(prompt)  # label + end-of-text, less one
         if len(tokens) <= room:
             return Labelled(prompt, list(tokens))
