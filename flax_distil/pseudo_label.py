@@ -115,7 +115,8 @@ def pseudo_label(
     schema = _output_schema(source)
     manifest = {**_manifest(model, spec, options), **shards.manifest()}
     if PREVIOUS_TOKEN_IDS_COLUMN in schema.names:  # shards written before it lack the column,
-        manifest["previous_window_labels"] = "recording so far"  # or hold one window's labels
+        # or hold one window's labels, or the recording's with its windows' unfinished segments
+        manifest["previous_window_labels"] = "recording so far, closed segments"
     check_manifest(output, manifest)
     todo = shards.todo(index, count)
 
