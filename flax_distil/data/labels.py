@@ -101,8 +101,8 @@ class Labeller:
             # Sequential decoding's prompt grows from one window's text to the cap over a
             # recording's first windows: any length up to what is there (a student that only
             # saw full-length prompts closed a window after one sentence under a shorter one).
-            before = before[len(before) - 1 - int(prompt_share * len(before)) :]
-            prompt = [self.special.start_of_prev, *before, *prompt]
+            length = 1 + int(prompt_share * len(before))  # 1 to len(before)
+            prompt = [self.special.start_of_prev, *before[-length:], *prompt]
         room = self.spec.max_label_length - len(prompt)  # label + end-of-text, less one
         if len(tokens) <= room:
             return Labelled(prompt, list(tokens))
