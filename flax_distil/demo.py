@@ -5,7 +5,7 @@
 Stages: synthesise English speech (training sentences from CMU ARCTIC, held-out sentences from
 a different text); pack the training utterances into 30 s windows (and the held-out ones into
 ~2-minute recordings); pseudo-label the windows with the teacher, timestamps included, and keep
-those within 10% WER of the script; create a 2-layer student; distil it with timestamps and
+those within 20% WER of the script; create a 2-layer student; distil it with timestamps and
 previous-text prompts (`configs/tiny_en_demo.yaml`); compare teacher, student and speculative
 decoding on the held-out utterances and on three real recordings; then teacher and student on
 the long recordings, sequential and chunked. A finished stage leaves a record in
@@ -24,6 +24,11 @@ from flax_distil.errors import FlaxDistilError
 from flax_distil.metrics import percent
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_en_demo.yaml"
+# Windows kept for training: within 20% WER of the script, not Distil-Whisper's 10%. tiny.en
+# misreads ~9% of this synthetic speech, so 10% drops 40% of the windows, the short ones most
+# (one word in a sentence of ten): students trained on the rest seldom learnt to stop after one
+# sentence (10% inserted words on the held-out sentences).
+WER_THRESHOLD = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +101,9 @@ def _long_form(teacher: str, student: str, recordings: Path, report_path: str) -
         print("    no held-out recording over 30 s (raise --num-heldout): nothing to compare")
         return None
     models = {"teacher": Transcriber.load(teacher), "student": Transcriber.load(student)}
-    options = EvaluateOptions(batch_size=16, max_new_tokens=128)
+    # The default token budget: one in twelve full 30 s windows of the demo's labels needs over
+    # 128 tokens with timestamps (up to 139).
+    options = EvaluateOptions(batch_size=16)
     report = Path(report_path)
     table, runs = long_form_comparison(models, data, options, report.parent / "long_form")
     minutes = sum(len(clip) for clip in data.audio) / 16000 / 60
@@ -180,7 +187,9 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
             data / "labels",
             # One shard holds every window: a window's previous window (anywhere in the
             # shortest-first order) is then in its shard, and its labels become its prompt.
-            PseudoLabelOptions(batch_size=8, shard_size=1024, wer_threshold=0.1, timestamps=True),
+            PseudoLabelOptions(
+                batch_size=8, shard_size=1024, wer_threshold=WER_THRESHOLD, timestamps=True
+            ),
         )
         return {k: summary[k] for k in ("examples", "kept", "mean_wer", "audio_hours")}
 
@@ -188,7 +197,7 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
         "pseudo-label", f"pseudo-labelling the windows with {options.teacher}", label
     )
     print(
-        f"    {labels['kept']} of {labels['examples']} windows within 10% WER "
+        f"    {labels['kept']} of {labels['examples']} windows within {WER_THRESHOLD:.0%} WER "
         f"(teacher's mean WER {percent(labels['mean_wer'])})"
     )
 
@@ -205,7 +214,7 @@ def run_demo(workdir: str | Path, options: DemoOptions) -> dict:
         f"model.teacher={options.teacher}",
         f"model.student={initial['path']}",
         "data.train=[{kind: parquet, path: " + str(data / "labels") + ", text_column: "
-        "whisper_transcript, wer_column: wer, wer_threshold: 0.1}]",
+        f"whisper_transcript, wer_column: wer, wer_threshold: {WER_THRESHOLD}}}]",
         "data.eval=[{kind: audiofolder, path: " + str(data / "heldout") + ", name: heldout}]",
         *options.overrides,
     ]

@@ -5,16 +5,16 @@ previous-text prompts vs one distilled without, on the same data for the same st
         [--num-utterances 240] [--seconds 120]
 
 `--demo` is a finished `flax-distil demo` workdir: its student (trained with the demo config:
-`data.timestamp_probability` 0.5, `data.condition_on_prev_probability` 0.3) is the recipe
-student. This script trains the plain student from the same initial student on the same
-pseudo-labels with the run's own resolved config, changing only those two keys to 0 (labels
-without timestamps, no previous-text prompt). Long recordings are made offline as in
-`bench_longform.py` (held-out Piper speech of a text neither student saw, joined with 0.3-1.2 s
-pauses into files of up to `--seconds`). Teacher and both students then decode every recording
-sequentially (OpenAI's algorithm with temperature fallback), sequentially without previous-text
-prompts (`--no-condition-on-previous`), and chunked (15 s windows); the script prints the
-long-form table (WER as a fraction shown in percent, insertions, deletions, 5-Dup, windows
-decoded again) and writes every run's metrics under WORKDIR/results.
+`data.timestamp_probability` 0.5, `data.condition_on_prev_probability` 0.3, or as the demo's
+overrides set them) is the recipe student. This script trains the plain student from the same
+initial student on the same pseudo-labels with the run's own resolved config, changing only
+those two keys to 0 (labels without timestamps, no previous-text prompt). Long recordings are
+made offline as in `bench_longform.py` (held-out Piper speech of a text neither student saw,
+joined with 0.3-1.2 s pauses into files of up to `--seconds`). Teacher and both students then
+decode every recording sequentially (OpenAI's algorithm with temperature fallback), sequentially
+without previous-text prompts (`--no-condition-on-previous`), and chunked (15 s windows); the
+script prints the long-form table (WER as a fraction shown in percent, insertions, deletions,
+5-Dup, windows decoded again) and writes every run's metrics under WORKDIR/results.
 """
 
 import argparse
